@@ -1,0 +1,115 @@
+//! `tta`: the command line of the TTA orchestrator.
+//!
+//! Exit codes: 0 success, 1 the operation failed (e.g. a service is down), 2 bad usage or
+//! configuration.
+
+mod health;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tta_runtime::service::{EXIT_CONFIG, EXIT_FAILURE};
+
+/// Command line of the TTA orchestrator: play turns, check safety, operate and benchmark the
+/// services.
+///
+/// Service addresses come from the same configuration as the services: built-in defaults, the
+/// YAML file (--config or TTA_CONFIG) and TTA_* environment variables.
+#[derive(Debug, Parser)]
+#[command(name = "tta", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    config: tta_runtime::config::ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check gRPC health of every service (or the named ones) and print their status.
+    Health(health::HealthArgs),
+    /// Validate a configuration file and print the effective configuration.
+    Config {
+        /// The YAML file to check.
+        file: PathBuf,
+    },
+    /// Send one player turn to the gateway and print the reply.
+    Turn {
+        /// Session to play in; created when it does not exist.
+        #[arg(long)]
+        session: String,
+        /// What the player types.
+        text: String,
+    },
+    /// Play interactively against a running stack.
+    Play,
+    /// Therapeutic safety tools.
+    #[command(subcommand)]
+    Safety(SafetyCommand),
+    /// Inspect, replay or purge dead-lettered broker messages.
+    Dlq,
+    /// Follow or acknowledge crisis escalations.
+    Escalations,
+    /// List, show or deprecate registered tools.
+    Tools,
+    /// Run the benchmarks (broker, turns, safety, tools, monitor).
+    Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum SafetyCommand {
+    /// Classify JSON Lines from stdin ({"text": …, "source": "user"|"agent"}); writes one
+    /// assessment per line.
+    Classify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Health(args) => run_async(health::run(cli.config, args)),
+        Command::Config { file } => check_config(file),
+        Command::Turn { .. } => not_yet("turn"),
+        Command::Play => not_yet("play"),
+        Command::Safety(SafetyCommand::Classify) => not_yet("safety classify"),
+        Command::Dlq => not_yet("dlq"),
+        Command::Escalations => not_yet("escalations"),
+        Command::Tools => not_yet("tools"),
+        Command::Bench => not_yet("bench"),
+    }
+}
+
+fn run_async(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(err) => {
+            eprintln!("tta: cannot start the async runtime: {err}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn check_config(file: PathBuf) -> ExitCode {
+    let args = tta_runtime::config::ConfigArgs {
+        config: Some(file),
+        dump_config: true,
+    };
+    match tta_runtime::config::load(&args, |_| {}) {
+        Ok(config) => {
+            print!("{}", tta_runtime::config::dump(&config));
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("tta config: {err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// Commands that are part of the planned surface but not in this build.
+fn not_yet(command: &str) -> ExitCode {
+    eprintln!("tta {command}: not available in this build yet");
+    ExitCode::from(EXIT_CONFIG)
+}

@@ -1,0 +1,20 @@
+//! The single home of cross-cutting service plumbing. A TTA binary's `main` is a table of
+//! contents that calls [`service::run_main`]; everything every service needs — configuration,
+//! logs, traces, metrics, admin HTTP, gRPC with health and reflection, Redis, shutdown — is here
+//! once, not copied per service.
+
+pub mod admin;
+pub mod config;
+pub mod grpc;
+pub mod metrics;
+pub mod readiness;
+pub mod redis;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod trace_context;
+
+pub use grpc::GrpcServer;
+pub use readiness::Readiness;
+pub use service::{BoxError, ServiceArgs, ServiceContext, ServiceKind, ServiceParts};
+pub use shutdown::Shutdown;

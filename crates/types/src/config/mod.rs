@@ -1,0 +1,570 @@
+//! The configuration schema of the whole stack: one YAML document that every service reads, each
+//! taking the shared sections (`redis`, `telemetry`, `server`) and its own.
+//!
+//! Key names follow the prototype's `agent_orchestration` section where they fit (`tools`,
+//! `resources`, `monitoring`, `agents`, `diagnostics`), so an existing `tta_config.yaml` section
+//! can be used as it is. Every struct rejects unknown keys: a typo is an error, never a silently
+//! ignored setting. Loading (file, `TTA_` environment, flags) lives in `tta-runtime`; this module
+//! only says what a valid configuration is.
+
+mod units;
+mod validate;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{ByteSize, ByteSizeError, duration};
+pub use validate::{ConfigIssue, ConfigIssues};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub redis: RedisConfig,
+    pub telemetry: TelemetryConfig,
+    pub server: ServerConfig,
+    pub gateway: GatewayConfig,
+    pub broker: BrokerConfig,
+    pub tools: ToolsConfig,
+    pub resource_monitor: ResourceMonitorConfig,
+    pub resources: ResourcesConfig,
+    pub monitoring: MonitoringConfig,
+    pub agents: AgentsConfig,
+    pub diagnostics: DiagnosticsConfig,
+}
+
+/// Where state lives. Every key a service writes starts with `key_prefix`, so several stacks (or
+/// test runs) can share one Redis without touching each other's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`, `rediss://…` or `unix:///path`.
+    pub url: String,
+    pub key_prefix: String,
+    pub pool_size: usize,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "ao".to_owned(),
+            pool_size: 32,
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Multi-line, coloured when writing to a terminal; for people.
+    #[default]
+    Pretty,
+    /// One line per event, for terminals that are read by people.
+    Compact,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `info,tta_broker=debug`.
+    pub log_level: String,
+    /// OTLP/gRPC collector endpoint; the standard `OTEL_EXPORTER_OTLP_ENDPOINT` variable wins.
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of traces sampled when exporting (parent-based).
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::default(),
+            log_level: "info".to_owned(),
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+        }
+    }
+}
+
+/// Behaviour shared by every server process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// How long in-flight requests may run on after SIGTERM before they are cut off. Kept below
+    /// Kubernetes' default 30 s termination grace and our own 5 s stop budget.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(3),
+        }
+    }
+}
+
+/// The gRPC and admin HTTP addresses of one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl ListenConfig {
+    pub fn loopback(grpc_port: u16, admin_port: u16) -> Self {
+        Self {
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc_port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: ListenConfig,
+    pub broker_endpoint: String,
+    pub tool_registry_endpoint: String,
+    /// Resource monitors to aggregate, in addition to those that register themselves.
+    pub resource_monitor_endpoints: Vec<String>,
+    /// Longest player input accepted, in characters.
+    pub max_input_chars: usize,
+    /// Budget for a whole standard turn (R7.1: 2 s).
+    #[serde(with = "duration")]
+    pub turn_timeout: Duration,
+    /// Workflow definitions to load at start-up, in addition to the built-in ones.
+    pub workflows_file: Option<PathBuf>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenConfig::loopback(50051, 9051),
+            broker_endpoint: "http://127.0.0.1:50052".to_owned(),
+            tool_registry_endpoint: "http://127.0.0.1:50053".to_owned(),
+            resource_monitor_endpoints: Vec::new(),
+            max_input_chars: 2000,
+            turn_timeout: Duration::from_secs(2),
+            workflows_file: None,
+        }
+    }
+}
+
+/// Retry schedule for failed deliveries: `base_delay * factor^(attempt-1)`, capped at
+/// `max_delay`, spread by ±`jitter`. Defaults are the prototype's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(with = "duration")]
+    pub base_delay: Duration,
+    pub factor: f64,
+    #[serde(with = "duration")]
+    pub max_delay: Duration,
+    pub max_retries: u32,
+    /// Fraction of the delay added or removed at random, in `[0, 1]`.
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            base_delay: Duration::from_secs(1),
+            factor: 2.0,
+            max_delay: Duration::from_secs(30),
+            max_retries: 3,
+            jitter: 0.1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub listen: ListenConfig,
+    /// A delivered message not acked within this time is reclaimed and redelivered.
+    #[serde(with = "duration")]
+    pub visibility_timeout: Duration,
+    /// How often the reclaimer looks for expired deliveries and due retries.
+    #[serde(with = "duration")]
+    pub reclaim_interval: Duration,
+    pub max_payload_bytes: ByteSize,
+    /// Publishing to a topic deeper than this is refused with `RESOURCE_EXHAUSTED`.
+    pub max_topic_depth: u64,
+    /// Share of `max_topic_depth` kept free for HIGH priority messages, in `[0, 1)`.
+    pub high_priority_headroom: f64,
+    /// Duplicate publishes with the same idempotency key inside this window are accepted once.
+    #[serde(with = "duration")]
+    pub idempotency_window: Duration,
+    pub retry: RetryConfig,
+    /// Alert when a topic's dead-letter queue holds more than this many messages.
+    pub dlq_alert_threshold: u64,
+    /// Alert when more than this many retries are scheduled per minute on a topic.
+    pub retry_alert_threshold: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenConfig::loopback(50052, 9052),
+            visibility_timeout: Duration::from_secs(30),
+            reclaim_interval: Duration::from_secs(1),
+            max_payload_bytes: ByteSize(1 << 20),
+            max_topic_depth: 100_000,
+            high_priority_headroom: 0.1,
+            idempotency_window: Duration::from_secs(600),
+            retry: RetryConfig::default(),
+            dlq_alert_threshold: 10,
+            retry_alert_threshold: 20,
+        }
+    }
+}
+
+/// The tool registry; keys follow the prototype's `agent_orchestration.tools` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    pub listen: ListenConfig,
+    /// How long a looked-up tool spec is served from the in-process cache.
+    #[serde(with = "duration")]
+    pub cache_ttl_s: Duration,
+    pub cache_max_items: usize,
+    pub max_params: usize,
+    pub max_schema_depth: usize,
+    pub allow_network_tools: bool,
+    pub allow_filesystem_tools: bool,
+    pub allow_process_tools: bool,
+    /// Tools unused for this long are deprecated and then pruned.
+    #[serde(with = "duration")]
+    pub max_idle_seconds: Duration,
+    /// Default time limit of one tool invocation.
+    #[serde(with = "duration")]
+    pub default_timeout: Duration,
+    /// Optional policy file (YAML or JSON), watched and reloaded on change.
+    pub policy_file: Option<PathBuf>,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenConfig::loopback(50053, 9053),
+            cache_ttl_s: Duration::from_secs(300),
+            cache_max_items: 512,
+            max_params: 16,
+            max_schema_depth: 5,
+            allow_network_tools: false,
+            allow_filesystem_tools: false,
+            allow_process_tools: false,
+            max_idle_seconds: Duration::from_secs(86_400),
+            default_timeout: Duration::from_secs(5),
+            policy_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourceMonitorConfig {
+    pub listen: ListenConfig,
+    /// Name reported for this host; defaults to the system host name.
+    pub host_name: Option<String>,
+    /// Gateway to register with, so it aggregates this host without static configuration.
+    pub gateway_endpoint: Option<String>,
+}
+
+impl Default for ResourceMonitorConfig {
+    fn default() -> Self {
+        Self {
+            listen: ListenConfig::loopback(50054, 9054),
+            host_name: None,
+            gateway_endpoint: None,
+        }
+    }
+}
+
+/// Limits for reservations; keys as in the prototype's `agent_orchestration.resources`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResourcesConfig {
+    pub gpu_memory_limit: Option<ByteSize>,
+    pub cpu_thread_limit: Option<u32>,
+    pub memory_limit: Option<ByteSize>,
+}
+
+/// Sampling and alert thresholds (percent of capacity); keys as in the prototype's
+/// `agent_orchestration.monitoring`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    #[serde(with = "duration")]
+    pub metrics_interval: Duration,
+    pub cpu_warn: f64,
+    pub cpu_crit: f64,
+    pub mem_warn: f64,
+    pub mem_crit: f64,
+    pub gpu_mem_warn: f64,
+    pub gpu_mem_crit: f64,
+    /// A level must hold this long before its alert fires.
+    #[serde(with = "duration")]
+    pub sustain_for: Duration,
+    /// Percentage points below a threshold a value must fall before its alert clears.
+    pub hysteresis: f64,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self {
+            metrics_interval: Duration::from_secs(5),
+            cpu_warn: 80.0,
+            cpu_crit: 95.0,
+            mem_warn: 80.0,
+            mem_crit: 95.0,
+            gpu_mem_warn: 85.0,
+            gpu_mem_crit: 95.0,
+            sustain_for: Duration::ZERO,
+            hysteresis: 5.0,
+        }
+    }
+}
+
+/// One built-in agent worker (IPA, WBA or NGA).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentWorkerConfig {
+    pub enabled: bool,
+    /// Explicit instance name; a unique one is generated when absent.
+    pub instance: Option<String>,
+    /// Admin HTTP address (`/health`, `/ready`, `/metrics`).
+    pub admin: SocketAddr,
+    /// Tasks processed at once by one worker process.
+    pub concurrency: usize,
+    #[serde(with = "duration")]
+    pub task_timeout: Duration,
+}
+
+/// Without an agent to take the port from, any free port. The `agents` section's defaults give
+/// each built-in worker its contract port, and the config loader merges those under the file.
+impl Default for AgentWorkerConfig {
+    fn default() -> Self {
+        Self::with_admin_port(0)
+    }
+}
+
+impl AgentWorkerConfig {
+    fn with_admin_port(port: u16) -> Self {
+        Self {
+            enabled: true,
+            instance: None,
+            admin: SocketAddr::from(([127, 0, 0, 1], port)),
+            concurrency: 64,
+            task_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Keys as in the prototype's `agent_orchestration.agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// An agent whose last heartbeat is older than this is considered gone.
+    #[serde(with = "duration")]
+    pub heartbeat_ttl: Duration,
+    /// Defaults to a third of `heartbeat_ttl`.
+    #[serde(with = "duration::option")]
+    pub heartbeat_interval: Option<Duration>,
+    pub auto_register: bool,
+    pub ipa: AgentWorkerConfig,
+    pub wba: AgentWorkerConfig,
+    pub nga: AgentWorkerConfig,
+}
+
+impl AgentsConfig {
+    pub fn effective_heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval.unwrap_or(self.heartbeat_ttl / 3)
+    }
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_ttl: Duration::from_secs(30),
+            heartbeat_interval: None,
+            auto_register: true,
+            ipa: AgentWorkerConfig::with_admin_port(9061),
+            wba: AgentWorkerConfig::with_admin_port(9062),
+            nga: AgentWorkerConfig::with_admin_port(9063),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiagnosticsConfig {
+    /// Serve the JSON diagnostics endpoints (`/diagnostics`, `/agents`, `/tools`).
+    pub enabled: bool,
+}
+
+impl Default for DiagnosticsConfig {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Config {
+    /// A copy that is safe to log or print: passwords in URLs are masked.
+    pub fn redacted(&self) -> Config {
+        let mut copy = self.clone();
+        copy.redis.url = redact_url_password(&copy.redis.url);
+        if let Some(endpoint) = copy.telemetry.otlp_endpoint.as_mut() {
+            *endpoint = redact_url_password(endpoint);
+        }
+        copy
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host` with `***`; other URLs are unchanged.
+pub fn redact_url_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let authority_start = scheme_end + 3;
+    let authority_end = url[authority_start..]
+        .find('/')
+        .map_or(url.len(), |i| authority_start + i);
+    let authority = &url[authority_start..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let user_info = &authority[..at];
+    if user_info.is_empty() {
+        return url.to_owned();
+    }
+    let masked_user_info = match user_info.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // `redis://secret@host` puts the password where the user name usually is.
+        None => "***".to_owned(),
+    };
+    format!(
+        "{}{}{}",
+        &url[..authority_start],
+        masked_user_info,
+        &url[authority_start + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_use_the_contract_ports() {
+        let config = Config::default();
+        assert_eq!(config.gateway.listen.grpc.port(), 50051);
+        assert_eq!(config.gateway.listen.admin.port(), 9051);
+        assert_eq!(config.broker.listen.grpc.port(), 50052);
+        assert_eq!(config.tools.listen.grpc.port(), 50053);
+        assert_eq!(config.resource_monitor.listen.grpc.port(), 50054);
+        assert_eq!(config.agents.ipa.admin.port(), 9061);
+        assert_eq!(config.agents.wba.admin.port(), 9062);
+        assert_eq!(config.agents.nga.admin.port(), 9063);
+    }
+
+    #[test]
+    fn defaults_follow_the_prototype() {
+        let config = Config::default();
+        assert_eq!(config.redis.key_prefix, "ao");
+        assert_eq!(config.broker.retry.base_delay, Duration::from_secs(1));
+        assert_eq!(config.broker.retry.max_delay, Duration::from_secs(30));
+        assert_eq!(config.broker.retry.max_retries, 3);
+        assert_eq!(config.broker.dlq_alert_threshold, 10);
+        assert_eq!(config.broker.retry_alert_threshold, 20);
+        assert_eq!(config.tools.max_params, 16);
+        assert_eq!(config.tools.max_schema_depth, 5);
+        assert!(!config.tools.allow_network_tools && !config.tools.allow_filesystem_tools);
+        assert_eq!(
+            config.agents.effective_heartbeat_interval(),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn reads_a_prototype_style_section() {
+        let yaml = r#"
+tools:
+  cache_ttl_s: 300
+  cache_max_items: 512
+  max_idle_seconds: 86400
+resources:
+  gpu_memory_limit: "4GB"
+  cpu_thread_limit: 8
+monitoring:
+  metrics_interval: 5
+  cpu_warn: 70
+agents:
+  heartbeat_ttl: 30.0
+  heartbeat_interval: 10.0
+  ipa:
+    enabled: true
+    instance: "worker-1"
+"#;
+        let config: Config = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(config.resources.gpu_memory_limit, Some(ByteSize(4 << 30)));
+        assert_eq!(config.monitoring.cpu_warn, 70.0);
+        assert_eq!(config.agents.ipa.instance.as_deref(), Some("worker-1"));
+        assert_eq!(
+            config.agents.heartbeat_interval,
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(config.tools.cache_ttl_s, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = serde_yaml::from_str::<Config>("broker:\n  visibilty_timeout: 5s\n").unwrap_err();
+        assert!(err.to_string().contains("visibilty_timeout"), "{err}");
+    }
+
+    #[test]
+    fn serialised_defaults_parse_back_to_the_same_config() {
+        let text = serde_yaml::to_string(&Config::default()).unwrap();
+        assert_eq!(
+            serde_yaml::from_str::<Config>(&text).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn redaction_masks_passwords_only() {
+        assert_eq!(
+            redact_url_password("redis://user:hunter2@cache:6379/0"),
+            "redis://user:***@cache:6379/0"
+        );
+        assert_eq!(
+            redact_url_password("redis://:hunter2@cache"),
+            "redis://:***@cache"
+        );
+        assert_eq!(
+            redact_url_password("redis://hunter2@cache"),
+            "redis://***@cache"
+        );
+        assert_eq!(
+            redact_url_password("redis://cache:6379"),
+            "redis://cache:6379"
+        );
+        assert_eq!(
+            redact_url_password("unix:///tmp/redis.sock"),
+            "unix:///tmp/redis.sock"
+        );
+
+        let mut config = Config::default();
+        config.redis.url = "redis://:s3cret@db:6379".into();
+        assert!(!format!("{:?}", config.redacted()).contains("s3cret"));
+    }
+}

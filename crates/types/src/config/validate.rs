@@ -1,0 +1,352 @@
+//! Cross-field rules that serde cannot express. Every issue names the key path, so an operator
+//! can go straight to the line to fix.
+
+use std::{collections::HashMap, fmt, net::SocketAddr};
+
+use super::{Config, ListenConfig, RetryConfig};
+
+/// One thing wrong with a configuration, at a dotted key path such as `broker.retry.factor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    pub path: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Everything wrong with a configuration, reported together so one edit fixes them all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigIssues(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigIssues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{issue}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Collector(Vec<ConfigIssue>);
+
+impl Collector {
+    fn check(&mut self, ok: bool, path: &str, reason: impl FnOnce() -> String) {
+        if !ok {
+            self.0.push(ConfigIssue {
+                path: path.to_owned(),
+                reason: reason(),
+            });
+        }
+    }
+
+    fn percent(&mut self, path: &str, value: f64) {
+        self.check((0.0..=100.0).contains(&value), path, || {
+            format!("must be a percentage between 0 and 100, got {value}")
+        });
+    }
+
+    fn fraction(&mut self, path: &str, value: f64, upper_inclusive: bool) {
+        let ok = value >= 0.0
+            && (if upper_inclusive {
+                value <= 1.0
+            } else {
+                value < 1.0
+            });
+        let range = if upper_inclusive { "[0, 1]" } else { "[0, 1)" };
+        self.check(ok, path, || format!("must be within {range}, got {value}"));
+    }
+
+    fn warn_below_crit(&mut self, section: &str, resource: &str, warn: f64, crit: f64) {
+        let warn_path = format!("{section}.{resource}_warn");
+        self.percent(&warn_path, warn);
+        self.percent(&format!("{section}.{resource}_crit"), crit);
+        self.check(warn < crit, &warn_path, || {
+            format!("must be below {resource}_crit ({crit}), got {warn}")
+        });
+    }
+
+    fn retry(&mut self, path: &str, retry: &RetryConfig) {
+        self.check(
+            retry.factor >= 1.0 && retry.factor.is_finite(),
+            &format!("{path}.factor"),
+            || format!("must be a finite number >= 1, got {}", retry.factor),
+        );
+        self.check(
+            retry.base_delay <= retry.max_delay,
+            &format!("{path}.base_delay"),
+            || {
+                format!(
+                    "must not exceed max_delay ({})",
+                    humantime::format_duration(retry.max_delay)
+                )
+            },
+        );
+        self.fraction(&format!("{path}.jitter"), retry.jitter, true);
+    }
+}
+
+const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "unix://", "redis+unix://"];
+
+impl Config {
+    /// Checks everything serde could not; returns all issues at once.
+    pub fn validate(&self) -> Result<(), ConfigIssues> {
+        let mut c = Collector::default();
+
+        c.check(
+            REDIS_SCHEMES
+                .iter()
+                .any(|scheme| self.redis.url.starts_with(scheme)),
+            "redis.url",
+            || format!("must start with one of {}", REDIS_SCHEMES.join(", ")),
+        );
+        let prefix = &self.redis.key_prefix;
+        c.check(
+            !prefix.is_empty() && !prefix.contains(|ch: char| ch == '{' || ch == '}' || ch.is_whitespace()),
+            "redis.key_prefix",
+            || "must be non-empty without braces or whitespace (braces are Redis Cluster hash tags)".to_owned(),
+        );
+        c.check(self.redis.pool_size >= 1, "redis.pool_size", || {
+            "must be at least 1".to_owned()
+        });
+
+        c.check(
+            !self.telemetry.log_level.trim().is_empty(),
+            "telemetry.log_level",
+            || "must not be empty (e.g. \"info\")".to_owned(),
+        );
+        c.fraction(
+            "telemetry.trace_sample_ratio",
+            self.telemetry.trace_sample_ratio,
+            true,
+        );
+
+        c.check(
+            self.gateway.max_input_chars >= 1,
+            "gateway.max_input_chars",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            !self.gateway.turn_timeout.is_zero(),
+            "gateway.turn_timeout",
+            || "must be greater than zero".to_owned(),
+        );
+
+        c.check(
+            !self.broker.visibility_timeout.is_zero(),
+            "broker.visibility_timeout",
+            || "must be greater than zero".to_owned(),
+        );
+        c.check(
+            !self.broker.reclaim_interval.is_zero(),
+            "broker.reclaim_interval",
+            || "must be greater than zero".to_owned(),
+        );
+        c.check(
+            self.broker.max_topic_depth >= 1,
+            "broker.max_topic_depth",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            self.broker.max_payload_bytes.bytes() >= 1,
+            "broker.max_payload_bytes",
+            || "must be at least 1 byte".to_owned(),
+        );
+        c.fraction(
+            "broker.high_priority_headroom",
+            self.broker.high_priority_headroom,
+            false,
+        );
+        c.retry("broker.retry", &self.broker.retry);
+
+        c.check(self.tools.max_params >= 1, "tools.max_params", || {
+            "must be at least 1".to_owned()
+        });
+        c.check(
+            self.tools.max_schema_depth >= 1,
+            "tools.max_schema_depth",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            self.tools.cache_max_items >= 1,
+            "tools.cache_max_items",
+            || "must be at least 1".to_owned(),
+        );
+
+        c.check(
+            !self.monitoring.metrics_interval.is_zero(),
+            "monitoring.metrics_interval",
+            || "must be greater than zero".to_owned(),
+        );
+        c.warn_below_crit(
+            "monitoring",
+            "cpu",
+            self.monitoring.cpu_warn,
+            self.monitoring.cpu_crit,
+        );
+        c.warn_below_crit(
+            "monitoring",
+            "mem",
+            self.monitoring.mem_warn,
+            self.monitoring.mem_crit,
+        );
+        c.warn_below_crit(
+            "monitoring",
+            "gpu_mem",
+            self.monitoring.gpu_mem_warn,
+            self.monitoring.gpu_mem_crit,
+        );
+        c.percent("monitoring.hysteresis", self.monitoring.hysteresis);
+
+        let interval = self.agents.effective_heartbeat_interval();
+        c.check(
+            !interval.is_zero() && interval < self.agents.heartbeat_ttl,
+            "agents.heartbeat_interval",
+            || {
+                format!(
+                    "must be greater than zero and below heartbeat_ttl ({})",
+                    humantime::format_duration(self.agents.heartbeat_ttl)
+                )
+            },
+        );
+        for (name, worker) in [
+            ("ipa", &self.agents.ipa),
+            ("wba", &self.agents.wba),
+            ("nga", &self.agents.nga),
+        ] {
+            c.check(
+                worker.concurrency >= 1,
+                &format!("agents.{name}.concurrency"),
+                || "must be at least 1".to_owned(),
+            );
+            if let Some(instance) = &worker.instance {
+                c.check(
+                    crate::ids::check_id(instance).is_ok(),
+                    &format!("agents.{name}.instance"),
+                    || "must be 1-128 characters of letters, digits, '-', '_', '.', ':'".to_owned(),
+                );
+            }
+        }
+
+        self.check_distinct_addresses(&mut c);
+
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigIssues(c.0))
+        }
+    }
+
+    /// Two services configured on the same address would fail at bind time with a vaguer error;
+    /// port 0 (pick any free port) never clashes.
+    fn check_distinct_addresses(&self, c: &mut Collector) {
+        let listens: [(&str, &ListenConfig); 4] = [
+            ("gateway", &self.gateway.listen),
+            ("broker", &self.broker.listen),
+            ("tools", &self.tools.listen),
+            ("resource_monitor", &self.resource_monitor.listen),
+        ];
+        let mut addresses: Vec<(String, SocketAddr)> = Vec::new();
+        for (service, listen) in listens {
+            addresses.push((format!("{service}.listen.grpc"), listen.grpc));
+            addresses.push((format!("{service}.listen.admin"), listen.admin));
+        }
+        for (name, worker) in [
+            ("ipa", &self.agents.ipa),
+            ("wba", &self.agents.wba),
+            ("nga", &self.agents.nga),
+        ] {
+            addresses.push((format!("agents.{name}.admin"), worker.admin));
+        }
+        let mut seen: HashMap<SocketAddr, String> = HashMap::new();
+        for (path, addr) in addresses {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some(first) = seen.get(&addr) {
+                c.check(false, &path, || {
+                    format!("{addr} is already used by {first}")
+                });
+            } else {
+                seen.insert(addr, path);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn issue_paths(config: &Config) -> Vec<String> {
+        match config.validate() {
+            Ok(()) => Vec::new(),
+            Err(issues) => issues.0.into_iter().map(|issue| issue.path).collect(),
+        }
+    }
+
+    #[test]
+    fn the_default_config_is_valid() {
+        assert_eq!(Config::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn reports_every_bad_key_by_path() {
+        let mut config = Config::default();
+        config.redis.url = "http://cache".into();
+        config.broker.retry.factor = 0.5;
+        config.monitoring.cpu_warn = 99.0;
+        config.agents.heartbeat_interval = Some(Duration::from_secs(60));
+        assert_eq!(
+            issue_paths(&config),
+            [
+                "redis.url",
+                "broker.retry.factor",
+                "monitoring.cpu_warn",
+                "agents.heartbeat_interval"
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_key_prefixes_that_would_break_hash_tags() {
+        let mut config = Config::default();
+        config.redis.key_prefix = "a{b}".into();
+        assert_eq!(issue_paths(&config), ["redis.key_prefix"]);
+    }
+
+    #[test]
+    fn rejects_two_services_on_one_address_but_allows_port_zero() {
+        let mut config = Config::default();
+        config.broker.listen.admin = config.gateway.listen.admin;
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.0[0].path, "broker.listen.admin");
+        assert!(err.0[0].reason.contains("gateway.listen.admin"), "{err}");
+
+        let mut config = Config::default();
+        config.gateway.listen = ListenConfig::loopback(0, 0);
+        config.broker.listen = ListenConfig::loopback(0, 0);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn issues_display_as_one_line_with_paths() {
+        let mut config = Config::default();
+        config.tools.max_params = 0;
+        config.broker.retry.jitter = 2.0;
+        let text = config.validate().unwrap_err().to_string();
+        assert_eq!(
+            text,
+            "broker.retry.jitter: must be within [0, 1], got 2; tools.max_params: must be at least 1"
+        );
+    }
+}
