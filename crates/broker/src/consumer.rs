@@ -1,0 +1,571 @@
+//! One `Consume` stream: a reader task that pushes deliveries while the client has credit, and
+//! a frame loop that settles them (ack, nack, extend) and grants credit. The two share a
+//! [`Flow`]: the credit counter and the deliveries still in flight.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tta_proto::v1 as pb;
+use tta_runtime::Shutdown;
+
+use crate::{
+    engine::{Engine, NackOutcome, Subscription},
+    envelope::{now_millis, timestamp_from_millis, timestamp_to_millis},
+    error::Error,
+    topic::Receipt,
+};
+
+/// How long one blocking read waits before the reader re-checks credit and leases.
+const BLOCK: Duration = Duration::from_secs(2);
+/// Most acks settled in one round trip.
+const MAX_ACK_BATCH: usize = 1024;
+
+#[derive(Debug)]
+struct InFlight {
+    lease_deadline: Instant,
+    published_at_ms: i64,
+}
+
+/// Credit and in-flight deliveries of one stream.
+#[derive(Debug)]
+pub struct Flow {
+    credit: AtomicU64,
+    window: bool,
+    wake: Notify,
+    in_flight: Mutex<HashMap<String, InFlight>>,
+}
+
+impl Flow {
+    fn new(prefetch: u32, manual_credit: bool) -> Self {
+        Self {
+            credit: AtomicU64::new(u64::from(prefetch)),
+            window: !manual_credit,
+            wake: Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn grant(&self, credits: u64) {
+        if credits > 0 {
+            self.credit.fetch_add(credits, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+
+    fn take(&self, wanted: u64) -> u64 {
+        let mut current = self.credit.load(Ordering::SeqCst);
+        loop {
+            let taken = current.min(wanted);
+            match self.credit.compare_exchange(
+                current,
+                current - taken,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return taken,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Forgets settled deliveries; in window mode each one gives its credit back. Returns the
+    /// publish times of the deliveries that were in flight here.
+    pub fn settle<'a>(&self, receipts: impl IntoIterator<Item = &'a str>) -> Vec<i64> {
+        let published: Vec<i64> = match self.in_flight.lock() {
+            Ok(mut in_flight) => receipts
+                .into_iter()
+                .filter_map(|receipt| in_flight.remove(receipt))
+                .map(|delivery| delivery.published_at_ms)
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if self.window {
+            self.grant(published.len() as u64);
+        }
+        published
+    }
+
+    /// Drops deliveries whose lease ran out (the reclaimer redelivers them elsewhere).
+    fn expire_leases(&self, now: Instant) {
+        let expired = match self.in_flight.lock() {
+            Ok(mut in_flight) => {
+                let before = in_flight.len();
+                in_flight.retain(|_, delivery| delivery.lease_deadline > now);
+                before - in_flight.len()
+            }
+            Err(_) => 0,
+        };
+        if expired > 0 && self.window {
+            self.grant(expired as u64);
+        }
+    }
+
+    fn extend(&self, receipt: &str, lease: Duration) {
+        if let Ok(mut in_flight) = self.in_flight.lock()
+            && let Some(delivery) = in_flight.get_mut(receipt)
+        {
+            delivery.lease_deadline = Instant::now() + lease;
+        }
+    }
+}
+
+/// The live streams of this process, so a unary Ack/Nack can give credit back to the stream
+/// that received the delivery.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    flows: Mutex<HashMap<u64, Arc<Flow>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    fn register(&self, flow: Arc<Flow>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut flows) = self.flows.lock() {
+            flows.insert(id, flow);
+        }
+        id
+    }
+
+    fn unregister(&self, id: u64) {
+        if let Ok(mut flows) = self.flows.lock() {
+            flows.remove(&id);
+        }
+    }
+
+    /// Settles receipts on whichever local stream delivered them; returns the publish times
+    /// of those that were in flight here.
+    pub fn settle(&self, receipts: &[String]) -> Vec<i64> {
+        let flows: Vec<Arc<Flow>> = match self.flows.lock() {
+            Ok(flows) => flows.values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        flows
+            .iter()
+            .flat_map(|flow| flow.settle(receipts.iter().map(String::as_str)))
+            .collect()
+    }
+}
+
+/// Validated subscribe frame.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub subscription: Subscription,
+    pub prefetch: u32,
+    pub manual_credit: bool,
+}
+
+/// Runs one consume stream until the client hangs up, the server shuts down, or the outgoing
+/// channel closes.
+pub async fn run<S>(
+    engine: Arc<Engine>,
+    sessions: Arc<Sessions>,
+    settings: Settings,
+    mut frames: S,
+    outgoing: mpsc::Sender<Result<pb::Delivery, tonic::Status>>,
+    shutdown: Shutdown,
+) where
+    S: Stream<Item = Result<pb::ConsumeRequest, tonic::Status>> + Unpin + Send + 'static,
+{
+    let flow = Arc::new(Flow::new(settings.prefetch, settings.manual_credit));
+    let session = sessions.register(flow.clone());
+    let stop = shutdown.child();
+    let topic = settings.subscription.keys.topic.clone();
+    metrics::gauge!("tta_broker_consumers", "topic" => topic.clone()).increment(1.0);
+
+    let reader = tokio::spawn(read_loop(
+        engine.clone(),
+        settings.subscription.clone(),
+        flow.clone(),
+        outgoing.clone(),
+        stop.clone(),
+    ));
+
+    // A non-ack frame found while gathering acks waits here for its turn.
+    let mut carried: Option<pb::ConsumeRequest> = None;
+    let mut client_gone = false;
+    while !client_gone {
+        let request = match carried.take() {
+            Some(request) => request,
+            None => {
+                let frame = tokio::select! {
+                    () = stop.wait() => break,
+                    frame = frames.next() => frame,
+                };
+                match frame {
+                    Some(Ok(request)) => request,
+                    Some(Err(status)) => {
+                        tracing::debug!(topic = %topic, error = %status, "consumer stream error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        };
+        let result = match request.frame {
+            Some(pb::consume_request::Frame::Ack(ack)) => {
+                let mut batch = vec![ack.receipt];
+                // Settle every ack that is already waiting in one round trip.
+                while batch.len() < MAX_ACK_BATCH {
+                    match frames.next().now_or_never() {
+                        Some(Some(Ok(pb::ConsumeRequest {
+                            frame: Some(pb::consume_request::Frame::Ack(more)),
+                        }))) => batch.push(more.receipt),
+                        Some(Some(Ok(other))) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        Some(Some(Err(_)) | None) => {
+                            client_gone = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                settle_acks(&engine, &sessions, &topic, batch).await
+            }
+            other => {
+                handle_other(
+                    &engine,
+                    &settings,
+                    &flow,
+                    pb::ConsumeRequest { frame: other },
+                )
+                .await
+            }
+        };
+        if let Err(status) = result {
+            let _ = outgoing.send(Err(status)).await;
+            break;
+        }
+    }
+
+    stop.trigger();
+    let _ = reader.await;
+    sessions.unregister(session);
+    metrics::gauge!("tta_broker_consumers", "topic" => topic).decrement(1.0);
+}
+
+async fn settle_acks(
+    engine: &Engine,
+    sessions: &Sessions,
+    topic: &str,
+    raw: Vec<String>,
+) -> Result<(), tonic::Status> {
+    let mut receipts = Vec::with_capacity(raw.len());
+    for (index, text) in raw.iter().enumerate() {
+        receipts.push(
+            Receipt::parse(&format!("ack.receipt[{index}]"), text).map_err(tonic::Status::from)?,
+        );
+    }
+    match engine.ack(&receipts).await {
+        Ok(unknown) => {
+            let acked = receipts.len() - unknown.len();
+            metrics::counter!("tta_broker_acked_total", "topic" => topic.to_owned())
+                .increment(acked as u64);
+            if !unknown.is_empty() {
+                metrics::counter!("tta_broker_unknown_acks_total", "topic" => topic.to_owned())
+                    .increment(unknown.len() as u64);
+            }
+            let now = now_millis();
+            let histogram =
+                metrics::histogram!("tta_broker_end_to_end_seconds", "topic" => topic.to_owned());
+            // Receipts the store did not know are settled here too: their lease is gone anyway.
+            let published = sessions.settle(&raw);
+            for published_at in published {
+                histogram.record((now - published_at).max(0) as f64 / 1000.0);
+            }
+            Ok(())
+        }
+        // A failed stream ack is not fatal: the lease expires and the message is redelivered.
+        Err(err) => {
+            tracing::warn!(topic, error = %err, count = raw.len(), "stream acks failed; deliveries will be redelivered");
+            metrics::counter!("tta_broker_delivery_errors_total", "topic" => topic.to_owned(), "stage" => "ack").increment(1);
+            Ok(())
+        }
+    }
+}
+
+async fn handle_other(
+    engine: &Engine,
+    settings: &Settings,
+    flow: &Flow,
+    request: pb::ConsumeRequest,
+) -> Result<(), tonic::Status> {
+    use pb::consume_request::Frame;
+    let subscription = &settings.subscription;
+    match request.frame {
+        Some(Frame::Credit(credit)) => {
+            flow.grant(u64::from(credit.credits));
+            Ok(())
+        }
+        Some(Frame::Nack(nack)) => {
+            let receipt = Receipt::parse("nack.receipt", &nack.receipt)?;
+            let permanent = match pb::NackKind::try_from(nack.kind) {
+                Ok(pb::NackKind::Permanent) => true,
+                Ok(pb::NackKind::Transient) => false,
+                _ => {
+                    return Err(tonic::Status::invalid_argument(
+                        "nack.kind: must be NACK_KIND_TRANSIENT or NACK_KIND_PERMANENT",
+                    ));
+                }
+            };
+            let retry_after = nack
+                .retry_after
+                .as_ref()
+                .and_then(|d| Duration::try_from(*d).ok());
+            match engine
+                .nack(
+                    &receipt,
+                    &subscription.consumer,
+                    permanent,
+                    &nack.reason,
+                    retry_after,
+                )
+                .await
+            {
+                Ok(outcome) => record_nack(&subscription.keys.topic, outcome),
+                Err(Error::NotFound(_)) => {
+                    metrics::counter!("tta_broker_unknown_acks_total", "topic" => subscription.keys.topic.clone()).increment(1);
+                }
+                Err(err) => {
+                    tracing::warn!(topic = %subscription.keys.topic, error = %err, "stream nack failed; the lease will expire instead")
+                }
+            }
+            flow.settle([nack.receipt.as_str()]);
+            Ok(())
+        }
+        Some(Frame::Extend(extend)) => {
+            let receipt = Receipt::parse("extend.receipt", &extend.receipt)?;
+            if engine
+                .extend(&receipt, &subscription.group, &subscription.consumer)
+                .await
+                .unwrap_or(false)
+            {
+                flow.extend(&extend.receipt, subscription.visibility_timeout);
+            }
+            Ok(())
+        }
+        Some(Frame::Ack(ack)) => {
+            let unknown = engine
+                .ack(&[Receipt::parse("ack.receipt", &ack.receipt)?])
+                .await;
+            if unknown.is_ok() {
+                flow.settle([ack.receipt.as_str()]);
+            }
+            Ok(())
+        }
+        Some(Frame::Subscribe(_)) => Err(tonic::Status::invalid_argument(
+            "subscribe: only the first frame may subscribe",
+        )),
+        None => Err(tonic::Status::invalid_argument("frame: must be set")),
+    }
+}
+
+/// Counts a nack's outcome.
+pub fn record_nack(topic: &str, outcome: NackOutcome) {
+    match outcome {
+        NackOutcome::RetryScheduled => {
+            metrics::counter!("tta_broker_retries_total", "topic" => topic.to_owned()).increment(1);
+        }
+        NackOutcome::DeadLettered => {
+            metrics::counter!("tta_broker_dead_lettered_total", "topic" => topic.to_owned(), "cause" => "nack").increment(1);
+        }
+    }
+}
+
+async fn read_loop(
+    engine: Arc<Engine>,
+    subscription: Subscription,
+    flow: Arc<Flow>,
+    outgoing: mpsc::Sender<Result<pb::Delivery, tonic::Status>>,
+    stop: Shutdown,
+) {
+    let topic = subscription.keys.topic.clone();
+    let delivered_total = metrics::counter!("tta_broker_delivered_total", "topic" => topic.clone());
+    let redelivered_total =
+        metrics::counter!("tta_broker_redeliveries_total", "topic" => topic.clone());
+    let mut failures: u32 = 0;
+    let mut connection = None;
+
+    while !stop.is_triggered() && !outgoing.is_closed() {
+        flow.expire_leases(Instant::now());
+        let wanted = flow.take(u64::MAX);
+        if wanted == 0 {
+            tokio::select! {
+                () = flow.wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                () = stop.wait() => break,
+            }
+            continue;
+        }
+
+        if connection.is_none() {
+            match engine.dedicated_connection(BLOCK).await {
+                Ok(fresh) => connection = Some(fresh),
+                Err(err) => {
+                    flow.grant(wanted);
+                    failures += 1;
+                    backoff(&topic, &err, failures, &stop).await;
+                    continue;
+                }
+            }
+        }
+        let Some(blocking) = connection.as_mut() else {
+            continue;
+        };
+
+        let read = tokio::select! {
+            read = engine.read(&subscription, blocking, wanted as usize, BLOCK) => read,
+            () = stop.wait() => { flow.grant(wanted); break }
+        };
+        let batch = match read {
+            Ok(batch) => {
+                failures = 0;
+                batch
+            }
+            Err(err) => {
+                flow.grant(wanted);
+                failures += 1;
+                if err.to_string().contains("NOGROUP") {
+                    // Redis lost the group (restarted without persistence): make it again.
+                    let _ = engine
+                        .ensure_groups(&subscription.keys, &subscription.group)
+                        .await;
+                } else {
+                    connection = None;
+                }
+                metrics::counter!("tta_broker_delivery_errors_total", "topic" => topic.clone(), "stage" => "read").increment(1);
+                backoff(&topic, &err, failures, &stop).await;
+                continue;
+            }
+        };
+        // The blocking read may return one entry per priority even with less credit left.
+        let surplus = (batch.len() as u64).saturating_sub(wanted);
+        if surplus > 0 {
+            flow.credit.fetch_sub(
+                surplus.min(flow.credit.load(Ordering::SeqCst)),
+                Ordering::SeqCst,
+            );
+        } else {
+            flow.grant(wanted - batch.len() as u64);
+        }
+
+        let lease_ms = subscription.visibility_timeout.as_millis() as i64;
+        for delivered in batch {
+            let message = match delivered.entry.to_proto(&topic, true, false) {
+                Ok(message) => message,
+                Err(err) => {
+                    // An entry nobody can decode would be redelivered forever: dead-letter it.
+                    tracing::error!(topic = %topic, error = %err, "undecodable message; dead-lettering it");
+                    let _ = engine
+                        .nack(
+                            &delivered.receipt,
+                            &subscription.consumer,
+                            true,
+                            &err.to_string(),
+                            None,
+                        )
+                        .await;
+                    flow.grant(1);
+                    continue;
+                }
+            };
+            if message.attempts > 1 {
+                redelivered_total.increment(1);
+            }
+            delivered_total.increment(1);
+            let published_at_ms = message.published_at.as_ref().map_or(0, timestamp_to_millis);
+            let receipt = delivered.receipt.to_string();
+            if let Ok(mut in_flight) = flow.in_flight.lock() {
+                in_flight.insert(
+                    receipt.clone(),
+                    InFlight {
+                        lease_deadline: Instant::now() + subscription.visibility_timeout,
+                        published_at_ms,
+                    },
+                );
+            }
+            let delivery = pb::Delivery {
+                message: Some(message),
+                receipt,
+                lease_expires_at: Some(timestamp_from_millis(now_millis() + lease_ms)),
+            };
+            if outgoing.send(Ok(delivery)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+async fn backoff(topic: &str, err: &Error, failures: u32, stop: &Shutdown) {
+    let delay = Duration::from_millis(50u64.saturating_mul(1 << failures.min(5)))
+        .min(Duration::from_secs(2));
+    tracing::warn!(topic, error = %err, retry_in = ?delay, "consumer read failed");
+    tokio::select! {
+        () = tokio::time::sleep(delay) => {}
+        () = stop.wait() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_credit_comes_back_when_deliveries_settle() {
+        let flow = Flow::new(2, false);
+        assert_eq!(flow.take(5), 2);
+        assert_eq!(flow.take(5), 0);
+        for receipt in ["a", "b"] {
+            flow.in_flight.lock().unwrap().insert(
+                receipt.into(),
+                InFlight {
+                    lease_deadline: Instant::now() + Duration::from_secs(30),
+                    published_at_ms: 7,
+                },
+            );
+        }
+        assert_eq!(flow.settle(["a", "unknown"]), vec![7]);
+        assert_eq!(flow.take(5), 1);
+    }
+
+    #[test]
+    fn manual_credit_only_grows_by_grants() {
+        let flow = Flow::new(1, true);
+        assert_eq!(flow.take(5), 1);
+        flow.in_flight.lock().unwrap().insert(
+            "a".into(),
+            InFlight {
+                lease_deadline: Instant::now(),
+                published_at_ms: 0,
+            },
+        );
+        flow.settle(["a"]);
+        assert_eq!(flow.take(5), 0);
+        flow.grant(3);
+        assert_eq!(flow.take(5), 3);
+    }
+
+    #[test]
+    fn expired_leases_return_their_credit() {
+        let flow = Flow::new(1, false);
+        assert_eq!(flow.take(1), 1);
+        flow.in_flight.lock().unwrap().insert(
+            "a".into(),
+            InFlight {
+                lease_deadline: Instant::now(),
+                published_at_ms: 0,
+            },
+        );
+        flow.expire_leases(Instant::now() + Duration::from_millis(1));
+        assert_eq!(flow.take(1), 1);
+    }
+}
