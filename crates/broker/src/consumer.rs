@@ -460,7 +460,7 @@ async fn read_loop(
 
         let lease_ms = subscription.visibility_timeout.as_millis() as i64;
         for delivered in batch {
-            let message = match delivered.entry.to_proto(&topic, true, false) {
+            let mut message = match delivered.entry.to_proto(&topic, true, false) {
                 Ok(message) => message,
                 Err(err) => {
                     // An entry nobody can decode would be redelivered forever: dead-letter it.
@@ -478,6 +478,8 @@ async fn read_loop(
                     continue;
                 }
             };
+            // The stream it was read from is its priority (a replay may have changed it).
+            message.priority = pb::Priority::from(delivered.receipt.priority) as i32;
             if message.attempts > 1 {
                 redelivered_total.increment(1);
             }

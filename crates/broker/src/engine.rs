@@ -207,6 +207,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Adds back the topics this process registered that `listed` lacks (Redis lost its topic
+    /// set: restarted without persistence); returns them. Without this, the maintenance loop
+    /// would never again promote retries or reclaim leases on those topics.
+    pub async fn restore_topics(&self, listed: &[String]) -> Result<Vec<String>, Error> {
+        let listed: HashSet<&str> = listed.iter().map(String::as_str).collect();
+        let missing: Vec<String> = self
+            .known_topics
+            .lock()
+            .map(|known| {
+                known
+                    .iter()
+                    .filter(|topic| !listed.contains(topic.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !missing.is_empty() {
+            let _: i64 = redis::cmd("SADD")
+                .arg(self.topics_key())
+                .arg(&missing)
+                .query_async(&mut self.connection())
+                .await?;
+        }
+        Ok(missing)
+    }
+
     /// Every topic any broker replica has seen.
     pub async fn topics(&self) -> Result<Vec<String>, Error> {
         let mut topics: Vec<String> = redis::cmd("SMEMBERS")

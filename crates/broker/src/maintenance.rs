@@ -14,7 +14,7 @@ use crate::engine::{Engine, Reclaimed};
 
 /// How often due delayed messages are moved into their streams: the precision of backoff delays.
 const PROMOTE_EVERY: Duration = Duration::from_millis(50);
-/// How often the topic list and the gauges are refreshed.
+/// How often the gauges are refreshed (and a Redis outage is logged again).
 const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 pub fn record_reclaim(topic: &str, reclaimed: Reclaimed) {
@@ -40,8 +40,8 @@ pub fn record_reclaim(topic: &str, reclaimed: Reclaimed) {
 /// Runs until shutdown. Redis outages are logged and ridden out, never fatal.
 pub async fn run(engine: Arc<Engine>, shutdown: Shutdown) -> Result<(), BoxError> {
     let reclaim_every = engine.config().reclaim_interval;
-    let mut topics: Vec<String> = Vec::new();
     let mut last_refresh: Option<Instant> = None;
+    let mut last_warning: Option<Instant> = None;
     let mut last_reclaim = Instant::now();
     let mut alerts = Alerts::default();
     let mut tick = tokio::time::interval(PROMOTE_EVERY);
@@ -52,19 +52,30 @@ pub async fn run(engine: Arc<Engine>, shutdown: Shutdown) -> Result<(), BoxError
             _ = tick.tick() => {}
             () = shutdown.wait() => return Ok(()),
         }
-        if last_refresh.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
-            match engine.topics().await {
-                Ok(fresh) => {
-                    topics = fresh;
-                    last_refresh = Some(Instant::now());
-                    refresh_gauges(&engine, &topics, &mut alerts).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot list topics; will retry");
-                    last_refresh = Some(Instant::now());
-                    continue;
-                }
+        // Listed on every tick (one SMEMBERS), so a topic created a moment ago, on any
+        // replica, has its delayed messages promoted and its leases reclaimed on time.
+        let listed = async {
+            let mut topics = engine.topics().await?;
+            let restored = engine.restore_topics(&topics).await?;
+            if !restored.is_empty() {
+                tracing::warn!(topics = ?restored, "redis lost the topic list; restored it");
+                topics.extend(restored);
             }
+            Ok::<_, crate::Error>(topics)
+        };
+        let topics = match listed.await {
+            Ok(topics) => topics,
+            Err(err) => {
+                if last_warning.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+                    tracing::warn!(error = %err, "cannot list topics; will retry");
+                    last_warning = Some(Instant::now());
+                }
+                continue;
+            }
+        };
+        if last_refresh.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+            last_refresh = Some(Instant::now());
+            refresh_gauges(&engine, &topics, &mut alerts).await;
         }
         for topic in &topics {
             if let Err(err) = engine.promote(topic).await {

@@ -111,18 +111,26 @@ end
 return unknown
 "#;
 
-/// Rejects one entry. ARGV: group, priority, entry id, consumer, now_ms, reason,
-/// permanent (0/1), max_attempts, base_ms, factor, max_ms, spread, retry_after_ms.
+/// Rejects one entry. ARGV: group, priority, entry id, consumer ("" = whoever holds the lease,
+/// for the unary Nack), now_ms, reason, permanent (0/1), max_attempts, base_ms, factor, max_ms,
+/// spread, retry_after_ms.
 /// Returns -1 when the entry was not pending, 1 when dead-lettered, 0 when a retry is scheduled.
 const NACK: &str = r#"
 local group, p, id = ARGV[1], ARGV[2], ARGV[3]
 local key = stream_for(p)
+local consumer = ARGV[4]
+if consumer == '' then
+  if redis.call('EXISTS', key) == 0 then return -1 end
+  local owner = redis.call('XPENDING', key, group, id, id, 1)
+  if #owner == 0 then return -1 end
+  consumer = owner[1][2]
+end
 if redis.call('XACK', key, group, id) == 0 then return -1 end
 local entry = redis.call('XRANGE', key, id, id)
 if #entry == 0 then return -1 end
 local outcome = 'nacked_transient'
 if ARGV[7] == '1' then outcome = 'nacked_permanent' end
-return end_attempt(p, id, entry[1][2], group, ARGV[4], tonumber(ARGV[5]), outcome, ARGV[6], ARGV[7] == '1',
+return end_attempt(p, id, entry[1][2], group, consumer, tonumber(ARGV[5]), outcome, ARGV[6], ARGV[7] == '1',
   tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]),
   tonumber(ARGV[13]))
 "#;

@@ -16,7 +16,7 @@ use crate::{
     engine::{Engine, Outgoing, Published, Subscription},
     envelope::{timestamp_from_millis, timestamp_to_millis},
     error::Error,
-    topic::{Receipt, check_name},
+    topic::{Receipt, check_name, priority_from_code},
 };
 
 const MAX_BATCH: usize = 1000;
@@ -714,8 +714,13 @@ fn dead_letter_proto(
         Some("invalid") => pb::DeadLetterCause::Invalid,
         _ => pb::DeadLetterCause::Unspecified,
     };
+    let mut message = letter.entry.to_proto(topic, false, true)?;
+    // `p` is the stream it was dead-lettered from (a replay may have changed its priority).
+    if let Some(priority) = extra.get("p").and_then(|code| priority_from_code(code)) {
+        message.priority = pb::Priority::from(priority) as i32;
+    }
     Ok(pb::DeadLetter {
-        message: Some(letter.entry.to_proto(topic, false, true)?),
+        message: Some(message),
         cause: cause as i32,
         reason: extra.get("reason").cloned().unwrap_or_default(),
         group: extra.get("group").cloned().unwrap_or_default(),

@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Streaming, transport::Channel};
+use tonic::{Status, Streaming, transport::Channel};
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
 use tta_runtime::service::{RunningService, ServiceKind};
 use tta_testkit::{RedisServer, start_in_process, test_config};
 use tta_types::Config;
+
+/// How long a test waits for something that should happen promptly.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// The consumer group every test consumer joins.
+pub const GROUP: &str = "workers";
 
 pub struct Harness {
     pub redis: RedisServer,
@@ -24,6 +29,14 @@ impl Harness {
     /// A broker with short leases and retries, so fault tests finish in seconds.
     pub async fn start(test: &str) -> anyhow::Result<Self> {
         Self::start_with(test, RedisServer::start()?, |_| {}).await
+    }
+
+    /// Like [`Harness::start`], with test-specific configuration on top.
+    pub async fn start_adjusted(
+        test: &str,
+        adjust: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
+        Self::start_with(test, RedisServer::start()?, adjust).await
     }
 
     pub async fn start_with(
@@ -55,6 +68,7 @@ impl Harness {
         })
     }
 
+    /// A client on a connection of its own.
     pub async fn client(&self) -> anyhow::Result<BrokerClient<Channel>> {
         let channel = tonic::transport::Endpoint::from_shared(self.endpoint.clone())?
             .tcp_nodelay(true)
@@ -79,6 +93,113 @@ pub fn message(topic: &str, priority: pb::Priority, payload: &str) -> pb::Outgoi
     }
 }
 
+/// Publishes one message; the status is returned so tests can inspect refusals.
+pub async fn publish(
+    client: &mut BrokerClient<Channel>,
+    message: pb::OutgoingMessage,
+) -> Result<pb::PublishResponse, Status> {
+    client
+        .publish(pb::PublishRequest {
+            message: Some(message),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Publishes `payloads` to `topic` in one batch and fails unless every item was stored.
+/// Returns the message ids, in order.
+pub async fn publish_all(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+    priority: pb::Priority,
+    payloads: impl IntoIterator<Item = String>,
+) -> anyhow::Result<Vec<String>> {
+    let messages = payloads
+        .into_iter()
+        .map(|payload| message(topic, priority, &payload))
+        .collect();
+    let response = client
+        .publish_batch(pb::PublishBatchRequest { messages })
+        .await?
+        .into_inner();
+    if let Some(failed) = response.results.iter().find(|result| result.code != 0) {
+        anyhow::bail!("a batch item was not stored: {failed:?}");
+    }
+    Ok(response
+        .results
+        .into_iter()
+        .map(|result| result.message_id)
+        .collect())
+}
+
+pub async fn dead_letters(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+) -> anyhow::Result<pb::ListDeadLettersResponse> {
+    Ok(client
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            topic: topic.to_owned(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner())
+}
+
+pub async fn topic_stats(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+) -> anyhow::Result<pb::TopicStats> {
+    let mut response = client
+        .get_topic_stats(pb::GetTopicStatsRequest {
+            topics: vec![topic.to_owned()],
+        })
+        .await?
+        .into_inner();
+    response
+        .topics
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no stats for topic {topic}"))
+}
+
+/// Waits until nothing of `topic` is queued, delayed or leased.
+pub async fn wait_until_drained(client: &BrokerClient<Channel>, topic: &str) -> anyhow::Result<()> {
+    tta_testkit::wait_until(WAIT, &format!("topic {topic} to drain"), || {
+        let mut client = client.clone();
+        async move {
+            let stats = topic_stats(&mut client, topic).await.ok()?;
+            let drained = stats.depth_high + stats.depth_normal + stats.depth_low == 0
+                && stats.delayed == 0
+                && stats.pending == 0;
+            drained.then_some(())
+        }
+    })
+    .await
+}
+
+/// The `retry-after-ms` trailer of a refusal, if present.
+pub fn retry_after_ms(status: &Status) -> Option<u64> {
+    status
+        .metadata()
+        .get("retry-after-ms")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+}
+
+/// The subscribe frame of the test consumers, with the broker's default lease.
+pub fn subscribe_frame(topic: &str, consumer: &str, prefetch: u32) -> pb::ConsumeRequest {
+    pb::ConsumeRequest {
+        frame: Some(pb::consume_request::Frame::Subscribe(pb::SubscribeFrame {
+            topic: topic.to_owned(),
+            group: GROUP.to_owned(),
+            consumer: consumer.to_owned(),
+            prefetch,
+            visibility_timeout: None,
+            manual_credit: false,
+        })),
+    }
+}
+
 /// A consumer on a Consume stream: frames go out through `frames`, deliveries come in.
 pub struct Consumer {
     pub frames: mpsc::Sender<pb::ConsumeRequest>,
@@ -92,19 +213,36 @@ impl Consumer {
         consumer: &str,
         prefetch: u32,
     ) -> anyhow::Result<Self> {
+        Ok(Self::open(client, subscribe_frame(topic, consumer, prefetch)).await?)
+    }
+
+    /// Subscribes with its own lease length (for tests where the default 1 s lease would
+    /// expire while the consumer is still healthy).
+    pub async fn subscribe_with_lease(
+        client: &mut BrokerClient<Channel>,
+        topic: &str,
+        consumer: &str,
+        prefetch: u32,
+        lease: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut frame = subscribe_frame(topic, consumer, prefetch);
+        if let Some(pb::consume_request::Frame::Subscribe(subscribe)) = frame.frame.as_mut() {
+            subscribe.visibility_timeout = Some(lease.try_into()?);
+        }
+        Ok(Self::open(client, frame).await?)
+    }
+
+    /// Opens a Consume stream whose first frame is `first`; the call's status is returned
+    /// as is, so validation tests can inspect it.
+    pub async fn open(
+        client: &mut BrokerClient<Channel>,
+        first: pb::ConsumeRequest,
+    ) -> Result<Self, Status> {
         let (frames, receiver) = mpsc::channel(1024);
         frames
-            .send(pb::ConsumeRequest {
-                frame: Some(pb::consume_request::Frame::Subscribe(pb::SubscribeFrame {
-                    topic: topic.to_owned(),
-                    group: "workers".to_owned(),
-                    consumer: consumer.to_owned(),
-                    prefetch,
-                    visibility_timeout: None,
-                    manual_credit: false,
-                })),
-            })
-            .await?;
+            .send(first)
+            .await
+            .map_err(|_| Status::internal("frame channel closed"))?;
         let deliveries = client
             .consume(ReceiverStream::new(receiver))
             .await?
@@ -122,6 +260,19 @@ impl Consumer {
         }
     }
 
+    /// The next `count` deliveries, each within `timeout`.
+    pub async fn take(
+        &mut self,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<pb::Delivery>> {
+        let mut deliveries = Vec::with_capacity(count);
+        for _ in 0..count {
+            deliveries.push(self.next(timeout).await?);
+        }
+        Ok(deliveries)
+    }
+
     /// Asserts that nothing arrives for `quiet`.
     pub async fn expect_nothing(&mut self, quiet: Duration) -> anyhow::Result<()> {
         match tokio::time::timeout(quiet, self.deliveries.message()).await {
@@ -130,15 +281,30 @@ impl Consumer {
         }
     }
 
-    pub async fn ack(&self, receipt: &str) -> anyhow::Result<()> {
+    /// The status that ended the stream, or an error if it delivers or stays open.
+    pub async fn expect_error(&mut self, timeout: Duration) -> anyhow::Result<Status> {
+        match tokio::time::timeout(timeout, self.deliveries.message()).await {
+            Ok(Err(status)) => Ok(status),
+            Ok(Ok(other)) => anyhow::bail!("expected the stream to fail, got {other:?}"),
+            Err(_) => anyhow::bail!("the stream neither failed nor delivered within {timeout:?}"),
+        }
+    }
+
+    pub async fn send(&self, frame: pb::consume_request::Frame) -> anyhow::Result<()> {
         self.frames
-            .send(pb::ConsumeRequest {
-                frame: Some(pb::consume_request::Frame::Ack(pb::AckFrame {
-                    receipt: receipt.to_owned(),
-                })),
-            })
+            .send(pb::ConsumeRequest { frame: Some(frame) })
             .await?;
         Ok(())
+    }
+
+    // The frame may grow fields (e.g. batched receipts); a single receipt needs none of them.
+    #[allow(clippy::needless_update)]
+    pub async fn ack(&self, receipt: &str) -> anyhow::Result<()> {
+        self.send(pb::consume_request::Frame::Ack(pb::AckFrame {
+            receipt: receipt.to_owned(),
+            ..Default::default()
+        }))
+        .await
     }
 
     pub async fn nack(
@@ -147,17 +313,13 @@ impl Consumer {
         kind: pb::NackKind,
         reason: &str,
     ) -> anyhow::Result<()> {
-        self.frames
-            .send(pb::ConsumeRequest {
-                frame: Some(pb::consume_request::Frame::Nack(pb::NackFrame {
-                    receipt: receipt.to_owned(),
-                    kind: kind as i32,
-                    reason: reason.to_owned(),
-                    retry_after: None,
-                })),
-            })
-            .await?;
-        Ok(())
+        self.send(pb::consume_request::Frame::Nack(pb::NackFrame {
+            receipt: receipt.to_owned(),
+            kind: kind as i32,
+            reason: reason.to_owned(),
+            retry_after: None,
+        }))
+        .await
     }
 }
 
@@ -166,5 +328,20 @@ pub fn payload_text(delivery: &pb::Delivery) -> String {
         .message
         .as_ref()
         .map(|message| String::from_utf8_lossy(&message.payload).into_owned())
+        .unwrap_or_default()
+}
+
+pub fn attempts(delivery: &pb::Delivery) -> u32 {
+    delivery
+        .message
+        .as_ref()
+        .map_or(0, |message| message.attempts)
+}
+
+pub fn message_id(delivery: &pb::Delivery) -> String {
+    delivery
+        .message
+        .as_ref()
+        .map(|message| message.id.clone())
         .unwrap_or_default()
 }
