@@ -40,6 +40,11 @@ run: deps ## Run the whole stack locally (private redis-server unless TTA_REDIS_
 	$(CARGO) build --workspace --bins $(CARGO_PROFILE_FLAG)
 	PROFILE=$(PROFILE) scripts/run-stack.sh
 
+.PHONY: bench
+bench: deps ## Run the benchmarks on a release build (each prints its same-run baseline and ratio)
+	$(CARGO) build --release --locked -p tta-cli
+	target/release/tta bench broker
+
 .PHONY: clean
 clean: ## Remove build output and local run state
 	$(CARGO) clean

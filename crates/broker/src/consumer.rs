@@ -211,13 +211,14 @@ pub async fn run<S>(
         };
         let result = match request.frame {
             Some(pb::consume_request::Frame::Ack(ack)) => {
-                let mut batch = vec![ack.receipt];
+                let mut batch = Vec::new();
+                extend_with_receipts(&mut batch, ack);
                 // Settle every ack that is already waiting in one round trip.
                 while batch.len() < MAX_ACK_BATCH {
                     match frames.next().now_or_never() {
                         Some(Some(Ok(pb::ConsumeRequest {
                             frame: Some(pb::consume_request::Frame::Ack(more)),
-                        }))) => batch.push(more.receipt),
+                        }))) => extend_with_receipts(&mut batch, more),
                         Some(Some(Ok(other))) => {
                             carried = Some(other);
                             break;
@@ -253,6 +254,13 @@ pub async fn run<S>(
     metrics::gauge!("tta_broker_consumers", "topic" => topic).decrement(1.0);
 }
 
+fn extend_with_receipts(batch: &mut Vec<String>, frame: pb::AckFrame) {
+    if !frame.receipt.is_empty() {
+        batch.push(frame.receipt);
+    }
+    batch.extend(frame.receipts);
+}
+
 async fn settle_acks(
     engine: &Engine,
     sessions: &Sessions,
@@ -260,19 +268,20 @@ async fn settle_acks(
     raw: Vec<String>,
 ) -> Result<(), tonic::Status> {
     let mut receipts = Vec::with_capacity(raw.len());
-    for (index, text) in raw.iter().enumerate() {
-        receipts.push(
-            Receipt::parse(&format!("ack.receipt[{index}]"), text).map_err(tonic::Status::from)?,
-        );
+    for text in &raw {
+        receipts.push(Receipt::parse("ack.receipt", text).map_err(tonic::Status::from)?);
     }
+    // The script checks each entry is pending before deleting it, so a stale or forged
+    // receipt can never remove a message that was not delivered.
     match engine.ack(&receipts).await {
         Ok(unknown) => {
-            let acked = receipts.len() - unknown.len();
+            let unknown = unknown.len() as u64;
+            let acked = receipts.len() as u64 - unknown;
             metrics::counter!("tta_broker_acked_total", "topic" => topic.to_owned())
-                .increment(acked as u64);
-            if !unknown.is_empty() {
+                .increment(acked);
+            if unknown > 0 {
                 metrics::counter!("tta_broker_unknown_acks_total", "topic" => topic.to_owned())
-                    .increment(unknown.len() as u64);
+                    .increment(unknown);
             }
             let now = now_millis();
             let histogram =
@@ -353,15 +362,9 @@ async fn handle_other(
             }
             Ok(())
         }
-        Some(Frame::Ack(ack)) => {
-            let unknown = engine
-                .ack(&[Receipt::parse("ack.receipt", &ack.receipt)?])
-                .await;
-            if unknown.is_ok() {
-                flow.settle([ack.receipt.as_str()]);
-            }
-            Ok(())
-        }
+        Some(Frame::Ack(_)) => Err(tonic::Status::internal(
+            "ack frames are settled in batches by the frame loop",
+        )),
         Some(Frame::Subscribe(_)) => Err(tonic::Status::invalid_argument(
             "subscribe: only the first frame may subscribe",
         )),

@@ -21,12 +21,10 @@ use tta_types::{
 };
 
 use crate::{
-    envelope::{
-        StoredEntry, bytes_of, encode_stored, now_millis, string_of, timestamp_from_millis,
-    },
+    envelope::{StoredEntry, encode_stored, now_millis, string_of, timestamp_from_millis},
     error::Error,
     scripts::Scripts,
-    topic::{Receipt, TopicKeys, priority_code, priority_from_code},
+    topic::{Receipt, TopicKeys, priority_code},
 };
 
 /// Suggested wait after a publish was refused for backpressure.
@@ -129,8 +127,8 @@ impl Engine {
     /// Connects lazily: the broker starts (and reports not-ready) while Redis is still down, and
     /// reconnects by itself after Redis restarts.
     pub fn new(redis: &RedisConfig, config: BrokerConfig) -> Result<Arc<Self>, Error> {
-        let client =
-            Client::open(redis.url.as_str()).map_err(|err| Error::Unavailable(err.to_string()))?;
+        let client = tta_runtime::redis::client(&redis.url)
+            .map_err(|err| Error::Unavailable(err.to_string()))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(redis.connect_timeout))
             .set_response_timeout(Some(Duration::from_secs(5)))
@@ -291,39 +289,40 @@ impl Engine {
             .arg(limits[1])
             .arg(limits[2])
             .arg(self.config.idempotency_window.as_millis() as u64);
-        let mut visible_at = Vec::with_capacity(batch.len());
-        for (_, message) in &batch {
+        // What the results need once the messages themselves have moved into the request.
+        let mut slots: Vec<(usize, Priority, i64)> = Vec::with_capacity(batch.len());
+        for (index, message) in batch {
             let id = uuid::Uuid::now_v7().to_string();
             let due = if message.delay.is_zero() {
                 0
             } else {
                 now + message.delay.as_millis() as i64
             };
-            visible_at.push(due.max(now));
-            let stored = pb::BrokerMessage {
-                id: id.clone(),
-                topic: String::new(),
-                priority: pb::Priority::from(message.priority) as i32,
-                headers: message.headers.clone(),
-                payload: message.payload.clone(),
-                attempts: 0,
-                idempotency_key: message.idempotency_key.clone().unwrap_or_default(),
-                delay: (!message.delay.is_zero()).then(|| prost_types::Duration {
-                    seconds: message.delay.as_secs() as i64,
-                    nanos: message.delay.subsec_nanos() as i32,
-                }),
-                published_at: Some(timestamp_from_millis(now)),
-                content_type: message.content_type.clone(),
-                history: Vec::new(),
-            };
+            slots.push((index, message.priority, due.max(now)));
             let idempotency = message
                 .idempotency_key
                 .as_deref()
                 .map(|key| keys.idempotency(&self.keyspace, key))
                 .unwrap_or_default();
+            let stored = pb::BrokerMessage {
+                id,
+                topic: String::new(),
+                priority: pb::Priority::from(message.priority) as i32,
+                headers: message.headers,
+                payload: message.payload,
+                attempts: 0,
+                idempotency_key: message.idempotency_key.unwrap_or_default(),
+                delay: (!message.delay.is_zero()).then(|| prost_types::Duration {
+                    seconds: message.delay.as_secs() as i64,
+                    nanos: message.delay.subsec_nanos() as i32,
+                }),
+                published_at: Some(timestamp_from_millis(now)),
+                content_type: message.content_type,
+                history: Vec::new(),
+            };
             invocation
                 .arg(priority_code(message.priority))
-                .arg(id)
+                .arg(&stored.id)
                 .arg(encode_stored(&stored))
                 .arg(idempotency)
                 .arg(due);
@@ -337,11 +336,10 @@ impl Engine {
         }
         .await;
         match outcome {
-            Ok(reply) if reply.len() == batch.len() => batch
-                .iter()
+            Ok(reply) if reply.len() == slots.len() => slots
+                .into_iter()
                 .zip(reply)
-                .zip(visible_at)
-                .map(|(((index, message), (status, id, depth)), visible_at_ms)| {
+                .map(|((index, priority, visible_at_ms), (status, id, depth))| {
                     let result = match status {
                         0 => Ok(Published {
                             message_id: id,
@@ -355,32 +353,32 @@ impl Engine {
                         }),
                         _ => Err(Error::Full {
                             topic: topic.clone(),
-                            priority: message.priority.as_str(),
+                            priority: priority.as_str(),
                             depth: depth.unwrap_or_default(),
-                            limit: limits[priority_index(message.priority)],
+                            limit: limits[priority_index(priority)],
                             retry_after: FULL_RETRY_AFTER,
                         }),
                     };
-                    (*index, result)
+                    (index, result)
                 })
                 .collect(),
             Ok(reply) => {
                 let reason = format!(
                     "publish script answered {} results for {} messages",
                     reply.len(),
-                    batch.len()
+                    slots.len()
                 );
-                batch
+                slots
                     .iter()
-                    .map(|(index, _)| (*index, Err(Error::Corrupt(reason.clone()))))
+                    .map(|(index, _, _)| (*index, Err(Error::Corrupt(reason.clone()))))
                     .collect()
             }
             Err(err) => {
                 let text = err.to_string();
                 let unavailable = matches!(err, Error::Unavailable(_));
-                batch
+                slots
                     .iter()
-                    .map(|(index, _)| {
+                    .map(|(index, _, _)| {
                         let err = if unavailable {
                             Error::Unavailable(text.clone())
                         } else {
@@ -486,16 +484,29 @@ impl Engine {
         count: usize,
         block: Duration,
     ) -> Result<Vec<Delivered>, Error> {
-        let mut invocation = self.scripts.read.prepare_invoke();
-        for key in &subscription.keys.script_keys {
-            invocation.key(key);
+        // Native reads, highest priority first, each asking only for what is still wanted: a
+        // script would copy every entry through Lua tables, which costs Redis more than the
+        // extra round trips.
+        let mut delivered = Vec::new();
+        let mut connection = self.connection();
+        for priority in Priority::DELIVERY_ORDER {
+            let wanted = count.saturating_sub(delivered.len());
+            if wanted == 0 {
+                break;
+            }
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(&subscription.group)
+                .arg(&subscription.consumer)
+                .arg("COUNT")
+                .arg(wanted)
+                .arg("STREAMS")
+                .arg(subscription.keys.stream(priority))
+                .arg(">")
+                .query_async(&mut connection)
+                .await?;
+            delivered.extend(parse_stream_read(&subscription.keys, reply)?);
         }
-        invocation
-            .arg(&subscription.group)
-            .arg(&subscription.consumer)
-            .arg(count);
-        let reply: Value = invocation.invoke_async(&mut self.connection()).await?;
-        let delivered = parse_flat_read(&subscription.keys.topic, &reply)?;
         if !delivered.is_empty() || block.is_zero() {
             return Ok(delivered);
         }
@@ -514,7 +525,7 @@ impl Engine {
             .arg(&[">", ">", ">"][..])
             .query_async(blocking)
             .await?;
-        parse_stream_read(&subscription.keys, &reply)
+        parse_stream_read(&subscription.keys, reply)
     }
 
     /// Acknowledges deliveries. Returns the indexes (into `receipts`) that were unknown or
@@ -696,7 +707,7 @@ impl Engine {
             .arg(keys.dlq())
             .query_async(&mut connection)
             .await?;
-        Ok((parse_entries(&entries)?, total))
+        Ok((parse_entries(entries)?, total))
     }
 
     pub async fn dead_letter(&self, topic: &str, id: &str) -> Result<Option<DeadLetter>, Error> {
@@ -707,7 +718,7 @@ impl Engine {
             .arg(id)
             .query_async(&mut self.connection())
             .await?;
-        Ok(parse_entries(&entries)?.into_iter().next())
+        Ok(parse_entries(entries)?.into_iter().next())
     }
 
     /// Moves dead letters back into the topic (the oldest `limit` when `ids` is empty).
@@ -806,7 +817,7 @@ impl Engine {
             Value,
         ) = pipe.query_async(&mut connection).await?;
         let oldest_enqueued_ms = [first_high, first_normal, first_low]
-            .iter()
+            .into_iter()
             .filter_map(|reply| parse_entries(reply).ok())
             .filter_map(|entries| entries.into_iter().next())
             .filter_map(|letter| crate::envelope::entry_id_millis(&letter.id))
@@ -877,44 +888,25 @@ fn sanitize_reason(reason: &str) -> String {
         .collect()
 }
 
-/// Parses the READ script's flat `priority, id, fields, …` reply.
-fn parse_flat_read(topic: &str, reply: &Value) -> Result<Vec<Delivered>, Error> {
-    let items = match reply {
-        Value::Array(items) => items,
-        Value::Nil => return Ok(Vec::new()),
-        other => return Err(Error::Corrupt(format!("unexpected read reply {other:?}"))),
-    };
-    let mut delivered = Vec::with_capacity(items.len() / 3);
-    for triple in items.chunks(3) {
-        let [code, id, fields] = triple else {
-            return Err(Error::Corrupt("read reply is not in triples".into()));
-        };
-        let priority = priority_from_code(&string_of(code)?)
-            .ok_or_else(|| Error::Corrupt("unknown priority code".into()))?;
-        delivered.push(Delivered {
-            receipt: Receipt {
-                topic: topic.to_owned(),
-                priority,
-                entry_id: string_of(id)?,
-            },
-            entry: StoredEntry::from_fields(fields)?,
-        });
-    }
-    Ok(delivered)
-}
-
 /// Parses an `XREADGROUP` reply over the three priority streams, HIGH first.
-fn parse_stream_read(keys: &TopicKeys, reply: &Value) -> Result<Vec<Delivered>, Error> {
-    let streams = match reply {
-        Value::Array(streams) => streams,
+fn parse_stream_read(keys: &TopicKeys, reply: Value) -> Result<Vec<Delivered>, Error> {
+    let streams: Vec<(Value, Value)> = match reply {
         Value::Nil => return Ok(Vec::new()),
-        Value::Map(pairs) => {
-            let as_array: Vec<Value> = pairs
-                .iter()
-                .map(|(k, v)| Value::Array(vec![k.clone(), v.clone()]))
-                .collect();
-            return parse_stream_read(keys, &Value::Array(as_array));
-        }
+        // RESP3 answers a map of stream name → entries.
+        Value::Map(pairs) => pairs,
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(parts) => {
+                    let mut parts = parts.into_iter();
+                    match (parts.next(), parts.next()) {
+                        (Some(name), Some(entries)) => Ok((name, entries)),
+                        _ => Err(Error::Corrupt("malformed XREADGROUP stream".into())),
+                    }
+                }
+                _ => Err(Error::Corrupt("malformed XREADGROUP stream".into())),
+            })
+            .collect::<Result<_, _>>()?,
         other => {
             return Err(Error::Corrupt(format!(
                 "unexpected XREADGROUP reply {other:?}"
@@ -922,14 +914,8 @@ fn parse_stream_read(keys: &TopicKeys, reply: &Value) -> Result<Vec<Delivered>, 
         }
     };
     let mut delivered = Vec::new();
-    for stream in streams {
-        let Value::Array(parts) = stream else {
-            return Err(Error::Corrupt("malformed XREADGROUP stream".into()));
-        };
-        let [name, entries] = parts.as_slice() else {
-            return Err(Error::Corrupt("malformed XREADGROUP stream".into()));
-        };
-        let name = string_of(name)?;
+    for (name, entries) in streams {
+        let name = string_of(&name)?;
         let priority = Priority::DELIVERY_ORDER
             .into_iter()
             .find(|priority| keys.stream(*priority) == name)
@@ -949,8 +935,9 @@ fn parse_stream_read(keys: &TopicKeys, reply: &Value) -> Result<Vec<Delivered>, 
     Ok(delivered)
 }
 
-/// Parses `[[id, [field, value, …]], …]`; entries without fields (deleted) are skipped.
-fn parse_entries(reply: &Value) -> Result<Vec<DeadLetter>, Error> {
+/// Parses `[[id, [field, value, …]], …]`, taking ownership so payloads are moved, not copied;
+/// entries without fields (deleted) are skipped.
+fn parse_entries(reply: Value) -> Result<Vec<DeadLetter>, Error> {
     let entries = match reply {
         Value::Array(entries) => entries,
         Value::Nil => return Ok(Vec::new()),
@@ -965,14 +952,15 @@ fn parse_entries(reply: &Value) -> Result<Vec<DeadLetter>, Error> {
         let Value::Array(parts) = entry else {
             return Err(Error::Corrupt("malformed stream entry".into()));
         };
-        let [id, fields] = parts.as_slice() else {
+        let mut parts = parts.into_iter();
+        let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
             return Err(Error::Corrupt("malformed stream entry".into()));
         };
         if matches!(fields, Value::Nil) {
             continue;
         }
         parsed.push(DeadLetter {
-            id: String::from_utf8_lossy(bytes_of(id)?).into_owned(),
+            id: string_of(&id)?,
             entry: StoredEntry::from_fields(fields)?,
         });
     }

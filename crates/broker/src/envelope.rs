@@ -24,32 +24,32 @@ pub struct StoredEntry {
 
 impl StoredEntry {
     /// Builds an entry from the flat `[field, value, …]` array Redis returns.
-    pub fn from_fields(fields: &Value) -> Result<Self, Error> {
+    pub fn from_fields(fields: Value) -> Result<Self, Error> {
         let Value::Array(items) = fields else {
             return Err(Error::Corrupt(
                 "stream entry fields are not an array".into(),
             ));
         };
+        if items.len() % 2 != 0 {
+            return Err(Error::Corrupt("odd number of stream entry fields".into()));
+        }
         let mut entry = StoredEntry::default();
-        for pair in items.chunks(2) {
-            let [name, value] = pair else {
-                return Err(Error::Corrupt("odd number of stream entry fields".into()));
-            };
-            let name = bytes_of(name)?;
-            let value = bytes_of(value)?;
-            match name {
-                b"m" => entry.message = value.to_vec(),
+        let mut items = items.into_iter();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            let value = owned_bytes(value)?;
+            match bytes_of(&name)? {
+                b"m" => entry.message = value,
                 b"a" => {
-                    entry.ended_attempts = std::str::from_utf8(value)
+                    entry.ended_attempts = std::str::from_utf8(&value)
                         .ok()
                         .and_then(|text| text.parse().ok())
                         .ok_or_else(|| Error::Corrupt("attempt count is not a number".into()))?;
                 }
-                b"h" => entry.history = String::from_utf8_lossy(value).into_owned(),
+                b"h" => entry.history = String::from_utf8_lossy(&value).into_owned(),
                 other => {
                     entry.extra.insert(
                         String::from_utf8_lossy(other).into_owned(),
-                        String::from_utf8_lossy(value).into_owned(),
+                        String::from_utf8_lossy(&value).into_owned(),
                     );
                 }
             }
@@ -83,6 +83,14 @@ pub fn bytes_of(value: &Value) -> Result<&[u8], Error> {
     match value {
         Value::BulkString(bytes) => Ok(bytes),
         Value::SimpleString(text) => Ok(text.as_bytes()),
+        other => Err(Error::Corrupt(format!("expected a string, got {other:?}"))),
+    }
+}
+
+fn owned_bytes(value: Value) -> Result<Vec<u8>, Error> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(text) => Ok(text.into_bytes()),
         other => Err(Error::Corrupt(format!("expected a string, got {other:?}"))),
     }
 }
@@ -179,7 +187,7 @@ mod tests {
                 "1|ipa|w1|1700000000000|nacked_transient|timeout\n2|ipa||1700000001000|lease_expired|visibility timeout expired",
             ),
         ]);
-        let entry = StoredEntry::from_fields(&fields).unwrap();
+        let entry = StoredEntry::from_fields(fields).unwrap();
         assert_eq!(entry.ended_attempts, 2);
 
         let delivered = entry.to_proto("agent.ipa", true, false).unwrap();
@@ -205,10 +213,10 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_reported_not_panicked_on() {
-        assert!(StoredEntry::from_fields(&Value::Nil).is_err());
-        assert!(StoredEntry::from_fields(&Value::Array(vec![bulk("m")])).is_err());
+        assert!(StoredEntry::from_fields(Value::Nil).is_err());
+        assert!(StoredEntry::from_fields(Value::Array(vec![bulk("m")])).is_err());
         assert!(
-            StoredEntry::from_fields(&Value::Array(vec![
+            StoredEntry::from_fields(Value::Array(vec![
                 bulk("a"),
                 bulk("x"),
                 bulk("m"),
@@ -217,7 +225,7 @@ mod tests {
             .is_err()
         );
         let garbage =
-            StoredEntry::from_fields(&Value::Array(vec![bulk("m"), bulk("\u{1}\u{2}garbage")]))
+            StoredEntry::from_fields(Value::Array(vec![bulk("m"), bulk("\u{1}\u{2}garbage")]))
                 .unwrap();
         assert!(garbage.to_proto("t", true, false).is_err());
     }

@@ -208,26 +208,6 @@ end
 return {replayed, missing}
 "#;
 
-/// Reads for one consumer in strict priority order without blocking. ARGV: group, consumer,
-/// count. Returns a flat list `priority, id, fields, …` of at most `count` entries.
-const READ: &str = r#"
-local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local out = {}
-for _, p in ipairs({'h', 'n', 'l'}) do
-  if count <= 0 then break end
-  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream_for(p), '>')
-  if reply then
-    for _, entry in ipairs(reply[1][2]) do
-      table.insert(out, p)
-      table.insert(out, entry[1])
-      table.insert(out, entry[2])
-      count = count - 1
-    end
-  end
-end
-return out
-"#;
-
 /// The broker's scripts, compiled once (their SHA1s are computed here; Redis loads them on
 /// first use and again after a restart, which `redis::Script` handles).
 #[derive(Debug, Clone)]
@@ -238,7 +218,6 @@ pub struct Scripts {
     pub reclaim: Script,
     pub promote: Script,
     pub replay: Script,
-    pub read: Script,
 }
 
 impl Scripts {
@@ -251,7 +230,6 @@ impl Scripts {
             reclaim: with_prelude(RECLAIM),
             promote: with_prelude(PROMOTE),
             replay: with_prelude(REPLAY),
-            read: with_prelude(READ),
         }
     }
 }

@@ -31,6 +31,16 @@ const MAX_PAGE: u32 = 1000;
 const MIN_LEASE: Duration = Duration::from_secs(1);
 const MAX_LEASE: Duration = Duration::from_secs(3600);
 
+/// The trace context of the publish call, computed once per request and copied into each
+/// message that carries none of its own.
+type TraceHeaders = HashMap<String, String>;
+
+fn current_trace_headers() -> TraceHeaders {
+    let mut headers = HashMap::new();
+    trace_context::inject_into_map(&tracing::Span::current(), &mut headers);
+    headers
+}
+
 /// The gRPC face of the broker.
 #[derive(Debug, Clone)]
 pub struct BrokerService {
@@ -49,40 +59,38 @@ impl BrokerService {
     }
 
     /// Checks one outgoing message; `field` is its path in the request (e.g. `messages[3]`).
+    ///
+    /// Field paths are only formatted when something is wrong: this runs for every message of
+    /// every batch.
     fn validate(
         &self,
-        field: &str,
+        field: &dyn Fn() -> String,
         message: pb::OutgoingMessage,
         topic_override: Option<&str>,
+        trace: &TraceHeaders,
     ) -> Result<Outgoing, FieldViolation> {
+        let within = |violation: FieldViolation| violation.within(&field());
         let topic = match topic_override {
             Some(topic) => topic.to_owned(),
             None => {
-                check_name(&format!("{field}.topic"), &message.topic)?;
+                check_name("topic", &message.topic).map_err(within)?;
                 message.topic
             }
         };
-        let priority = priority_from_proto(&format!("{field}.priority"), message.priority)?;
-        let limit = self.engine.config().max_payload_bytes.bytes();
-        if message.payload.len() as u64 > limit {
-            return Err(FieldViolation::new(
-                format!("{field}.payload"),
-                format!(
-                    "is {} bytes; the limit is {}",
-                    message.payload.len(),
-                    self.engine.config().max_payload_bytes
-                ),
-            ));
+        let priority = priority_from_proto("priority", message.priority).map_err(within)?;
+        let limit = self.engine.config().max_payload_bytes;
+        if message.payload.len() as u64 > limit.bytes() {
+            return Err(within(FieldViolation::new(
+                "payload",
+                format!("is {} bytes; the limit is {limit}", message.payload.len()),
+            )));
         }
         let mut headers = message.headers;
-        check_headers(&format!("{field}.headers"), &headers)?;
+        check_headers("headers", &headers).map_err(within)?;
         let idempotency_key = if message.idempotency_key.is_empty() {
             None
         } else {
-            MessageId::parse_field(
-                &format!("{field}.idempotency_key"),
-                &message.idempotency_key,
-            )?;
+            MessageId::parse_field("idempotency_key", &message.idempotency_key).map_err(within)?;
             Some(message.idempotency_key)
         };
         let delay = match message.delay {
@@ -90,19 +98,17 @@ impl BrokerService {
             Some(delay) => Duration::try_from(delay)
                 .ok()
                 .filter(|delay| *delay <= MAX_DELAY)
-                .ok_or_else(|| {
-                    FieldViolation::new(format!("{field}.delay"), "must be between 0 and 24h")
-                })?,
+                .ok_or_else(|| within(FieldViolation::new("delay", "must be between 0 and 24h")))?,
         };
         if message.content_type.len() > MAX_CONTENT_TYPE {
-            return Err(FieldViolation::new(
-                format!("{field}.content_type"),
+            return Err(within(FieldViolation::new(
+                "content_type",
                 format!("must be at most {MAX_CONTENT_TYPE} characters"),
-            ));
+            )));
         }
         // Carry the publisher's trace to the consumer unless the caller set it explicitly.
         if !headers.contains_key(trace_context::TRACEPARENT) {
-            trace_context::inject_into_map(&tracing::Span::current(), &mut headers);
+            headers.extend(trace.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         Ok(Outgoing {
             topic,
@@ -240,7 +246,12 @@ impl Broker for BrokerService {
             .into_inner()
             .message
             .ok_or_else(|| FieldViolation::new("message", "is required"))?;
-        let outgoing = self.validate("message", message, None)?;
+        let outgoing = self.validate(
+            &|| "message".to_owned(),
+            message,
+            None,
+            &current_trace_headers(),
+        )?;
         let topic = outgoing.topic.clone();
         let mut outcomes = self.engine.publish(vec![outgoing]).await;
         let outcome = outcomes
@@ -270,10 +281,13 @@ impl Broker for BrokerService {
             )
             .into());
         }
+        let trace = current_trace_headers();
         let items = messages
             .into_iter()
             .enumerate()
-            .map(|(index, message)| self.validate(&format!("messages[{index}]"), message, None))
+            .map(|(index, message)| {
+                self.validate(&|| format!("messages[{index}]"), message, None, &trace)
+            })
             .collect();
         let results = self.publish_validated(items).await;
         if let Some(status) = batch_failure(&results) {
@@ -314,10 +328,18 @@ impl Broker for BrokerService {
             )
             .into());
         }
+        let trace = current_trace_headers();
         let items = request
             .topics
             .iter()
-            .map(|topic| self.validate("message", message.clone(), Some(topic)))
+            .map(|topic| {
+                self.validate(
+                    &|| "message".to_owned(),
+                    message.clone(),
+                    Some(topic),
+                    &trace,
+                )
+            })
             .collect();
         let results = self.publish_validated(items).await;
         if let Some(status) = batch_failure(&results) {

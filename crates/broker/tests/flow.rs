@@ -163,3 +163,43 @@ async fn a_full_topic_refuses_low_priority_first_while_high_is_still_accepted() 
     harness.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_for_a_message_not_yet_delivered_cannot_remove_it() -> anyhow::Result<()> {
+    let mut harness = Harness::start("forged-ack").await?;
+    let mut client = harness.client().await?;
+    publish_all(
+        &mut client,
+        "work",
+        pb::Priority::Normal,
+        ["m-1".to_owned(), "m-2".to_owned()],
+    )
+    .await?;
+    let mut consumer = Consumer::subscribe_with_lease(&mut client, "work", "c1", 1, LEASE).await?;
+    let first = consumer.next(WAIT).await?;
+    assert_eq!(payload_text(&first), "m-1");
+
+    // The undelivered m-2 has the next stream id: same millisecond, next sequence, or a later
+    // millisecond. Ack every such guess before m-1 is settled.
+    let (prefix, entry) = first
+        .receipt
+        .rsplit_once(':')
+        .expect("receipt ends with the entry id");
+    let (millis, sequence) = entry.split_once('-').expect("entry id is ms-seq");
+    let millis: u64 = millis.parse()?;
+    let sequence: u64 = sequence.parse()?;
+    let mut guesses = vec![format!("{prefix}:{millis}-{}", sequence + 1)];
+    guesses.extend((1..=5).map(|later| format!("{prefix}:{}-0", millis + later)));
+    for guess in &guesses {
+        consumer.ack(guess).await?;
+    }
+    consumer.ack(&first.receipt).await?;
+
+    assert_eq!(
+        payload_text(&consumer.next(WAIT).await?),
+        "m-2",
+        "m-2 must survive forged acks"
+    );
+    harness.stop().await;
+    Ok(())
+}

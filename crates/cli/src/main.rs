@@ -3,6 +3,8 @@
 //! Exit codes: 0 success, 1 the operation failed (e.g. a service is down), 2 bad usage or
 //! configuration.
 
+mod bench;
+mod broker_admin;
 mod health;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -47,13 +49,26 @@ enum Command {
     #[command(subcommand)]
     Safety(SafetyCommand),
     /// Inspect, replay or purge dead-lettered broker messages.
-    Dlq,
+    Dlq {
+        #[command(flatten)]
+        target: broker_admin::BrokerTarget,
+        #[command(subcommand)]
+        command: broker_admin::DlqCommand,
+    },
+    /// Broker operations: queue statistics and lease recovery.
+    Broker {
+        #[command(flatten)]
+        target: broker_admin::BrokerTarget,
+        #[command(subcommand)]
+        command: broker_admin::BrokerCommand,
+    },
     /// Follow or acknowledge crisis escalations.
     Escalations,
     /// List, show or deprecate registered tools.
     Tools,
-    /// Run the benchmarks (broker, turns, safety, tools, monitor).
-    Bench,
+    /// Run a benchmark; each prints a baseline measured in the same run and the ratio.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,10 +86,15 @@ fn main() -> ExitCode {
         Command::Turn { .. } => not_yet("turn"),
         Command::Play => not_yet("play"),
         Command::Safety(SafetyCommand::Classify) => not_yet("safety classify"),
-        Command::Dlq => not_yet("dlq"),
+        Command::Dlq { target, command } => {
+            run_async(broker_admin::run_dlq(cli.config, target, command))
+        }
+        Command::Broker { target, command } => {
+            run_async(broker_admin::run_broker(cli.config, target, command))
+        }
         Command::Escalations => not_yet("escalations"),
         Command::Tools => not_yet("tools"),
-        Command::Bench => not_yet("bench"),
+        Command::Bench(command) => run_async(bench::run(command)),
     }
 }
 

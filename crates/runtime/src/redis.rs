@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use deadpool_redis::{Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Pool, Runtime};
 use tta_types::config::RedisConfig;
 
 pub use deadpool_redis::{Connection, Pool as RedisPool};
@@ -18,23 +18,32 @@ pub enum Error {
     Pool(String),
 }
 
+/// The connection settings of `url`, with `TCP_NODELAY` on: redis-rs leaves Nagle's algorithm
+/// on by default, which with delayed ACKs adds tens of milliseconds to small requests.
+pub fn connection_info(url: &str) -> Result<redis::ConnectionInfo, Error> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)
+        .map_err(|err| Error::Url(err.to_string()))?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    Ok(info.set_tcp_settings(tcp))
+}
+
+/// A client for `url` whose connections use `TCP_NODELAY`.
+pub fn client(url: &str) -> Result<redis::Client, Error> {
+    redis::Client::open(connection_info(url)?).map_err(|err| Error::Url(err.to_string()))
+}
+
 /// Builds the pool. No connection is opened until first use, so a service can start (and report
 /// not-ready) while Redis is still coming up.
 pub fn pool(config: &RedisConfig) -> Result<Pool, Error> {
-    // Parse up front: deadpool would only complain at the first checkout, far from the config.
-    redis::Client::open(config.url.as_str()).map_err(|err| Error::Url(err.to_string()))?;
-    let mut pool_config = deadpool_redis::Config::from_url(config.url.clone());
-    pool_config.pool = Some(PoolConfig {
-        max_size: config.pool_size,
-        timeouts: Timeouts {
-            wait: Some(config.connect_timeout),
-            create: Some(config.connect_timeout),
-            recycle: Some(config.connect_timeout),
-        },
-        ..PoolConfig::default()
-    });
-    pool_config
-        .create_pool(Some(Runtime::Tokio1))
+    let manager = deadpool_redis::Manager::new(connection_info(&config.url)?)
+        .map_err(|err| Error::Url(err.to_string()))?;
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .wait_timeout(Some(config.connect_timeout))
+        .create_timeout(Some(config.connect_timeout))
+        .recycle_timeout(Some(config.connect_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
         .map_err(|err| Error::Pool(err.to_string()))
 }
 
@@ -137,6 +146,12 @@ mod tests {
         assert_eq!(keys.key(&["tools", "index"]), "ao:tools:index");
         assert_eq!(keys.tagged("ipa.tasks", &["high"]), "ao:{ipa.tasks}:high");
         assert_eq!(keys.tagged("s1", &[]), "ao:{s1}");
+    }
+
+    #[test]
+    fn connections_disable_nagle() {
+        let info = connection_info("redis://127.0.0.1:6379").unwrap();
+        assert!(info.tcp_settings().nodelay());
     }
 
     #[test]
