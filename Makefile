@@ -42,7 +42,7 @@ run: deps ## Run the whole stack locally (private redis-server unless TTA_REDIS_
 
 .PHONY: bench
 bench: deps ## Run the benchmarks on a release build (each prints its same-run baseline and ratio)
-	$(CARGO) build --release --locked -p tta-cli
+	$(CARGO) build --release --locked -p tta-cli -p tta-broker
 	target/release/tta bench broker
 
 .PHONY: clean

@@ -271,12 +271,11 @@ async fn settle_acks(
     for text in &raw {
         receipts.push(Receipt::parse("ack.receipt", text).map_err(tonic::Status::from)?);
     }
-    // The script checks each entry is pending before deleting it, so a stale or forged
-    // receipt can never remove a message that was not delivered.
-    match engine.ack(&receipts).await {
-        Ok(unknown) => {
-            let unknown = unknown.len() as u64;
-            let acked = receipts.len() as u64 - unknown;
+    // The script never deletes an entry the group has not read, so a stale or forged receipt
+    // cannot remove a message that was not delivered.
+    match engine.ack_batch(&receipts).await {
+        Ok(acked) => {
+            let unknown = (receipts.len() as u64).saturating_sub(acked);
             metrics::counter!("tta_broker_acked_total", "topic" => topic.to_owned())
                 .increment(acked);
             if unknown > 0 {

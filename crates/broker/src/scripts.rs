@@ -111,6 +111,39 @@ end
 return unknown
 "#;
 
+/// Acknowledges a batch of entries of one priority stream and returns how many were pending.
+/// ARGV: group, then entry ids. One `XACK` for the batch; entries are deleted only when every
+/// one was pending, or else only those the group has already read (ids up to its last
+/// delivered id): an id above it was never delivered, and a forged or stale receipt must not
+/// delete it.
+const ACK_BATCH: &str = r#"
+local group = ARGV[1]
+local ids = {}
+for i = 2, #ARGV do ids[#ids + 1] = ARGV[i] end
+local acked = redis.call('XACK', KEYS[1], group, unpack(ids))
+if acked == #ids then
+  redis.call('XDEL', KEYS[1], unpack(ids))
+  return acked
+end
+local last = '0-0'
+for _, info in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local map = fields_to_map(info)
+  if map['name'] == group then last = map['last-delivered-id'] end
+end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local last_ms, last_seq = parse(last)
+for _, id in ipairs(ids) do
+  local ms, seq = parse(id)
+  if ms and (ms < last_ms or (ms == last_ms and seq <= last_seq)) then
+    redis.call('XDEL', KEYS[1], id)
+  end
+end
+return acked
+"#;
+
 /// Rejects one entry. ARGV: group, priority, entry id, consumer ("" = whoever holds the lease,
 /// for the unary Nack), now_ms, reason, permanent (0/1), max_attempts, base_ms, factor, max_ms,
 /// spread, retry_after_ms.
@@ -214,6 +247,7 @@ return {replayed, missing}
 pub struct Scripts {
     pub publish: Script,
     pub ack: Script,
+    pub ack_batch: Script,
     pub nack: Script,
     pub reclaim: Script,
     pub promote: Script,
@@ -226,6 +260,7 @@ impl Scripts {
         Self {
             publish: with_prelude(PUBLISH),
             ack: with_prelude(ACK),
+            ack_batch: with_prelude(ACK_BATCH),
             nack: with_prelude(NACK),
             reclaim: with_prelude(RECLAIM),
             promote: with_prelude(PROMOTE),

@@ -10,6 +10,7 @@
 //! touches no shared data.
 
 use std::{
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -26,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
 use tta_runtime::{Shutdown, service::ServiceKind};
-use tta_testkit::RedisServer;
+use tta_testkit::{RedisServer, ServiceProcess};
 
 use super::stats::Latencies;
 
@@ -50,6 +51,10 @@ pub struct BrokerBenchArgs {
     /// Deliveries each consumer may hold unacked (Consume prefetch / XREADGROUP COUNT).
     #[arg(long, default_value_t = 256)]
     prefetch: u32,
+    /// Throughput rounds, raw and broker alternating; medians are reported, so a noisy
+    /// neighbour on a shared machine skews one round, not the result.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
     /// Rate of the open-loop run, messages per second (0 skips it).
     #[arg(long, default_value_t = 5000)]
     rate: u64,
@@ -60,6 +65,9 @@ pub struct BrokerBenchArgs {
     /// deleted afterwards).
     #[arg(long, env = "TTA_BENCH_REDIS_URL")]
     redis_url: Option<String>,
+    /// Run the broker inside this process instead of as its own `tta-broker` process.
+    #[arg(long)]
+    in_process: bool,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -89,6 +97,26 @@ impl RunResult {
     fn per_second(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
+
+    /// The round with the median throughput, carrying the latencies of every round.
+    fn median_of(mut rounds: Vec<RunResult>) -> RunResult {
+        rounds.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+        let mut latencies = Latencies::default();
+        let middle = rounds.len() / 2;
+        let mut median = None;
+        for (index, round) in rounds.into_iter().enumerate() {
+            latencies.merge(round.latencies);
+            if index == middle {
+                median = Some((round.messages, round.elapsed));
+            }
+        }
+        let (messages, elapsed) = median.unwrap_or((0, Duration::from_secs(1)));
+        RunResult {
+            messages,
+            elapsed,
+            latencies,
+        }
+    }
 }
 
 pub async fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
@@ -109,28 +137,23 @@ pub async fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
     };
     let prefix = tta_testkit::unique_prefix("bench");
 
-    let mut config = tta_testkit::test_config(&redis_url, "bench");
-    config.redis.key_prefix = prefix.clone();
-    config.broker.max_topic_depth = args.messages.max(1) * 2;
-    config.telemetry.log_level = "warn".into();
-    let shutdown = Shutdown::new();
-    let broker = tta_runtime::service::start(
-        ServiceKind::Broker,
-        config,
-        shutdown.clone(),
-        tta_broker::build,
-    )
-    .await
-    .map_err(|err| anyhow::anyhow!("starting the broker: {err}"))?;
-    let endpoint = format!(
-        "http://{}",
-        broker.grpc_addr.context("broker without grpc address")?
-    );
+    let broker = BenchBroker::start(&args, &redis_url, &prefix).await?;
+    let endpoint = broker.endpoint.clone();
 
-    progress(&args, "raw redis streams: throughput");
-    let raw = raw_throughput(&args, &redis_url, &format!("{prefix}:raw")).await?;
-    progress(&args, "broker service: throughput");
-    let through_broker = broker_throughput(&args, &endpoint, "bench.throughput").await?;
+    let mut raw_rounds = Vec::new();
+    let mut broker_rounds = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        progress(
+            &args,
+            &format!("round {round}: raw redis streams throughput"),
+        );
+        raw_rounds.push(raw_throughput(&args, &redis_url, &format!("{prefix}:raw:{round}")).await?);
+        progress(&args, &format!("round {round}: broker service throughput"));
+        broker_rounds
+            .push(broker_throughput(&args, &endpoint, &format!("bench.throughput.{round}")).await?);
+    }
+    let raw = RunResult::median_of(raw_rounds);
+    let through_broker = RunResult::median_of(broker_rounds);
 
     let (raw_open, broker_open) = if args.rate > 0 {
         progress(&args, "raw redis streams: open loop");
@@ -142,11 +165,89 @@ pub async fn run(args: BrokerBenchArgs) -> anyhow::Result<()> {
         (None, None)
     };
 
-    let _ = broker.stop(Duration::from_secs(1)).await;
+    broker.stop().await;
     cleanup(&redis_url, &prefix).await;
     report(&args, raw, through_broker, raw_open, broker_open);
     drop(private_redis);
     Ok(())
+}
+
+/// The broker under test: its own process (as deployed), or in this process.
+struct BenchBroker {
+    endpoint: String,
+    process: Option<ServiceProcess>,
+    in_process: Option<tta_runtime::service::RunningService>,
+}
+
+impl BenchBroker {
+    async fn start(args: &BrokerBenchArgs, redis_url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let max_depth = (args.messages.max(1) * 2).to_string();
+        let binary = tta_testkit::binary_path("tta-broker");
+        if args.in_process || binary.is_err() {
+            let mut config = tta_testkit::test_config(redis_url, "bench");
+            config.redis.key_prefix = prefix.to_owned();
+            config.broker.max_topic_depth = args.messages.max(1) * 2;
+            let running = tta_runtime::service::start(
+                ServiceKind::Broker,
+                config,
+                Shutdown::new(),
+                tta_broker::build,
+            )
+            .await
+            .map_err(|err| anyhow::anyhow!("starting the broker: {err}"))?;
+            let endpoint = format!(
+                "http://{}",
+                running.grpc_addr.context("broker without grpc address")?
+            );
+            return Ok(Self {
+                endpoint,
+                process: None,
+                in_process: Some(running),
+            });
+        }
+        let grpc: SocketAddr = ([127, 0, 0, 1], tta_testkit::free_port()?).into();
+        let admin: SocketAddr = ([127, 0, 0, 1], tta_testkit::free_port()?).into();
+        let process = ServiceProcess::spawn(
+            "tta-broker",
+            &[
+                "--grpc-addr".into(),
+                grpc.to_string(),
+                "--admin-addr".into(),
+                admin.to_string(),
+            ],
+            &[
+                ("TTA_REDIS_URL", redis_url.to_owned()),
+                ("TTA_REDIS__KEY_PREFIX", prefix.to_owned()),
+                ("TTA_BROKER__MAX_TOPIC_DEPTH", max_depth),
+                ("TTA_TELEMETRY__LOG_LEVEL", "warn".to_owned()),
+            ],
+        )?;
+        tta_testkit::wait_until(
+            Duration::from_secs(20),
+            "the broker to be ready",
+            || async {
+                matches!(tta_testkit::http_get(admin, "/ready").await, Ok((200, _))).then_some(())
+            },
+        )
+        .await
+        .with_context(|| process.logs())?;
+        Ok(Self {
+            endpoint: format!("http://{grpc}"),
+            process: Some(process),
+            in_process: None,
+        })
+    }
+
+    async fn stop(self) {
+        if let Some(process) = self.process {
+            let mut process = process;
+            let _ = process.terminate();
+            let _ = process.wait_exit(Duration::from_secs(5)).await;
+        }
+        if let Some(running) = self.in_process {
+            let _ = running.stop(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 fn progress(args: &BrokerBenchArgs, phase: &str) {
@@ -169,6 +270,7 @@ fn report(
         "consumers": args.consumers,
         "batch": args.batch,
         "prefetch": args.prefetch,
+        "rounds": args.rounds.max(1),
         "broker_msgs_per_s": broker.per_second().round(),
         "raw_msgs_per_s": raw.per_second().round(),
         "ratio": (ratio * 1000.0).round() / 1000.0,
@@ -194,8 +296,13 @@ fn report(
         return;
     }
     println!(
-        "broker bench: {} messages of {} B, {} consumers, batch {}, prefetch {}",
-        args.messages, args.size, args.consumers, args.batch, args.prefetch
+        "broker bench: {} messages of {} B, {} consumers, batch {}, prefetch {}, median of {} rounds",
+        args.messages,
+        args.size,
+        args.consumers,
+        args.batch,
+        args.prefetch,
+        args.rounds.max(1)
     );
     println!(
         "{:<28} {:>12} {:>10} {:>10}",
