@@ -374,8 +374,10 @@ async fn handle_other(
 /// Counts a nack's outcome.
 pub fn record_nack(topic: &str, outcome: NackOutcome) {
     match outcome {
-        NackOutcome::RetryScheduled => {
+        NackOutcome::RetryScheduled(backoff) => {
             metrics::counter!("tta_broker_retries_total", "topic" => topic.to_owned()).increment(1);
+            metrics::histogram!("tta_broker_backoff_seconds", "topic" => topic.to_owned())
+                .record(backoff.as_secs_f64());
         }
         NackOutcome::DeadLettered => {
             metrics::counter!("tta_broker_dead_lettered_total", "topic" => topic.to_owned(), "cause" => "nack").increment(1);

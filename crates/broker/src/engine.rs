@@ -72,7 +72,8 @@ pub struct Subscription {
 /// Outcome of a nack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NackOutcome {
-    RetryScheduled,
+    /// Deliverable again after this backoff.
+    RetryScheduled(Duration),
     DeadLettered,
 }
 
@@ -625,9 +626,12 @@ impl Engine {
             .arg(retry.max_delay.as_millis() as u64)
             .arg(jitter_spread(retry.jitter))
             .arg(retry_after.map_or(0, |wait| wait.as_millis() as u64));
-        let outcome: i64 = invocation.invoke_async(&mut self.connection()).await?;
+        let (outcome, backoff_ms): (i64, u64) =
+            invocation.invoke_async(&mut self.connection()).await?;
         match outcome {
-            0 => Ok(NackOutcome::RetryScheduled),
+            0 => Ok(NackOutcome::RetryScheduled(Duration::from_millis(
+                backoff_ms,
+            ))),
             1 => Ok(NackOutcome::DeadLettered),
             _ => Err(Error::NotFound(format!(
                 "receipt {receipt} is unknown or already settled"

@@ -35,6 +35,8 @@ end
 -- Ends one attempt of a pending entry: removes it from the stream and either schedules a retry
 -- (backoff computed here so it sees the real attempt count) or dead-letters it.
 -- Returns 1 when dead-lettered, 0 when a retry was scheduled.
+-- The backoff chosen by the last end_attempt call, for scripts that report it.
+local last_delay = 0
 local function end_attempt(p, id, fields, group, consumer, now, outcome, reason, permanent,
                            max_attempts, base_ms, factor, max_ms, spread, retry_after_ms)
   local map = fields_to_map(fields)
@@ -55,7 +57,8 @@ local function end_attempt(p, id, fields, group, consumer, now, outcome, reason,
     delay = math.min(max_ms, base_ms * (factor ^ (attempts - 1))) * spread
   end
   local member = cmsgpack.pack({p, map['m'], attempts, history})
-  redis.call('ZADD', KEYS[4], now + math.floor(delay), member)
+  last_delay = math.floor(delay)
+  redis.call('ZADD', KEYS[4], now + last_delay, member)
   return 0
 end
 "#;
@@ -147,25 +150,27 @@ return acked
 /// Rejects one entry. ARGV: group, priority, entry id, consumer ("" = whoever holds the lease,
 /// for the unary Nack), now_ms, reason, permanent (0/1), max_attempts, base_ms, factor, max_ms,
 /// spread, retry_after_ms.
-/// Returns -1 when the entry was not pending, 1 when dead-lettered, 0 when a retry is scheduled.
+/// Returns `{-1, 0}` when the entry was not pending, `{1, 0}` when dead-lettered, and
+/// `{0, backoff_ms}` when a retry is scheduled.
 const NACK: &str = r#"
 local group, p, id = ARGV[1], ARGV[2], ARGV[3]
 local key = stream_for(p)
 local consumer = ARGV[4]
 if consumer == '' then
-  if redis.call('EXISTS', key) == 0 then return -1 end
+  if redis.call('EXISTS', key) == 0 then return {-1, 0} end
   local owner = redis.call('XPENDING', key, group, id, id, 1)
-  if #owner == 0 then return -1 end
+  if #owner == 0 then return {-1, 0} end
   consumer = owner[1][2]
 end
-if redis.call('XACK', key, group, id) == 0 then return -1 end
+if redis.call('XACK', key, group, id) == 0 then return {-1, 0} end
 local entry = redis.call('XRANGE', key, id, id)
-if #entry == 0 then return -1 end
+if #entry == 0 then return {-1, 0} end
 local outcome = 'nacked_transient'
 if ARGV[7] == '1' then outcome = 'nacked_permanent' end
-return end_attempt(p, id, entry[1][2], group, consumer, tonumber(ARGV[5]), outcome, ARGV[6], ARGV[7] == '1',
+local dead = end_attempt(p, id, entry[1][2], group, consumer, tonumber(ARGV[5]), outcome, ARGV[6], ARGV[7] == '1',
   tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]),
   tonumber(ARGV[13]))
+return {dead, last_delay}
 "#;
 
 /// Ends the attempts whose lease expired (consumer crashed or too slow). ARGV: group,

@@ -484,7 +484,12 @@ impl Broker for BrokerService {
         self.sessions.settle(std::slice::from_ref(&request.receipt));
         Ok(Response::new(pb::NackResponse {
             dead_lettered: outcome == crate::engine::NackOutcome::DeadLettered,
-            retry_at: None,
+            retry_at: match outcome {
+                crate::engine::NackOutcome::RetryScheduled(backoff) => Some(timestamp_from_millis(
+                    crate::envelope::now_millis() + backoff.as_millis() as i64,
+                )),
+                crate::engine::NackOutcome::DeadLettered => None,
+            },
         }))
     }
 

@@ -338,3 +338,46 @@ async fn purging_dead_letters_removes_them_for_good() -> anyhow::Result<()> {
     harness.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_transient_nack_says_when_the_retry_is_due_and_honours_retry_after()
+-> anyhow::Result<()> {
+    let mut harness = Harness::start("retry-at").await?;
+    let mut client = harness.client().await?;
+    publish_all(&mut client, "later", pb::Priority::Normal, ["x".to_owned()]).await?;
+    let mut consumer = Consumer::subscribe(&mut client, "later", "c1", 4).await?;
+    let delivery = consumer.next(WAIT).await?;
+
+    let asked = Duration::from_millis(600);
+    let nacked_at = std::time::SystemTime::now();
+    let started = Instant::now();
+    let response = client
+        .nack(pb::NackRequest {
+            receipt: delivery.receipt.clone(),
+            kind: pb::NackKind::Transient as i32,
+            reason: "busy".into(),
+            retry_after: Some(prost_types::Duration::try_from(asked)?),
+        })
+        .await?
+        .into_inner();
+    assert!(!response.dead_lettered);
+    let retry_at = response
+        .retry_at
+        .ok_or_else(|| anyhow::anyhow!("no retry_at"))?;
+    let due = std::time::UNIX_EPOCH + Duration::new(retry_at.seconds as u64, retry_at.nanos as u32);
+    let promised = due.duration_since(nacked_at)?;
+    assert!(
+        promised >= asked - EARLY && promised <= asked + LATE,
+        "retry_at is {promised:?} after the nack, asked {asked:?}"
+    );
+
+    let again = consumer.next(WAIT).await?;
+    let waited = started.elapsed();
+    assert_eq!(attempts(&again), 2);
+    assert!(
+        waited >= asked - EARLY,
+        "redelivered after {waited:?}, asked {asked:?}"
+    );
+    harness.stop().await;
+    Ok(())
+}
