@@ -5,9 +5,9 @@
 set -euo pipefail
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast --failure-output final
-  # nextest does not run doc tests.
+  # nextest does not run doc tests; run them first so the summary of the full suite comes last.
   cargo test --workspace --locked --doc
+  cargo nextest run --workspace --locked --no-fail-fast --failure-output final
 else
   cargo test --workspace --locked --no-fail-fast
 fi
