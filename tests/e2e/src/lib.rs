@@ -1,2 +1,138 @@
 //! End-to-end tests live in `tests/`; they start the real service binaries (built by
-//! `cargo build --workspace --bins`) against a private `redis-server`.
+//! `cargo build --workspace --bins`) against a private `redis-server`. This library holds what
+//! several of them share: starting the turn stack as real processes.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use tta_testkit::{ServiceProcess, free_port, http_get, wait_until};
+
+/// One service process of a stack, with its addresses.
+#[derive(Debug)]
+pub struct Running {
+    pub binary: &'static str,
+    pub admin: SocketAddr,
+    pub grpc: Option<SocketAddr>,
+    pub process: ServiceProcess,
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Running {
+    /// Starts the same binary again on the same addresses (after a kill).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.kill();
+        self.process = ServiceProcess::spawn(self.binary, &self.args, &self.env)?;
+        wait_ready(self).await
+    }
+}
+
+/// Broker, gateway and the three built-in workers, as real processes on free ports.
+#[derive(Debug)]
+pub struct Stack {
+    pub broker: Running,
+    pub gateway: Running,
+    pub workers: Vec<Running>,
+    pub redis_url: String,
+    pub prefix: String,
+}
+
+/// The repository root, where `deploy/worlds` lives.
+pub fn repository_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+async fn wait_ready(running: &Running) -> anyhow::Result<()> {
+    let admin = running.admin;
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{} ready", running.binary),
+        || async move { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
+    .await
+    .with_context(|| running.process.logs())
+}
+
+fn spawn(
+    binary: &'static str,
+    grpc: bool,
+    env: Vec<(&'static str, String)>,
+) -> anyhow::Result<Running> {
+    let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let mut args = vec!["--admin-addr".to_owned(), admin.to_string()];
+    let grpc = if grpc {
+        let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        args.extend(["--grpc-addr".to_owned(), addr.to_string()]);
+        Some(addr)
+    } else {
+        None
+    };
+    let process = ServiceProcess::spawn(binary, &args, &env)?;
+    Ok(Running {
+        binary,
+        admin,
+        grpc,
+        process,
+        args,
+        env,
+    })
+}
+
+impl Stack {
+    /// Starts the stack on `redis_url` with its own key prefix; `workers_per_agent` instances of
+    /// each worker.
+    pub async fn start(
+        redis_url: &str,
+        test: &str,
+        workers_per_agent: usize,
+    ) -> anyhow::Result<Self> {
+        let prefix = tta_testkit::unique_prefix(test);
+        let worlds = repository_root().join("deploy/worlds");
+        let common = vec![
+            ("TTA_REDIS_URL", redis_url.to_owned()),
+            ("TTA_REDIS__KEY_PREFIX", prefix.clone()),
+            ("TTA_AGENTS__WORLDS_DIR", worlds.display().to_string()),
+            // Short leases, so a killed worker's task is redelivered within the test.
+            ("TTA_BROKER__VISIBILITY_TIMEOUT", "2s".to_owned()),
+            ("TTA_BROKER__RETRY__BASE_DELAY", "100ms".to_owned()),
+        ];
+        let broker = spawn("tta-broker", true, common.clone())?;
+        wait_ready(&broker).await?;
+        let broker_url = format!("http://{}", broker.grpc.context("broker without grpc")?);
+
+        let mut with_broker = common.clone();
+        with_broker.push(("TTA_GATEWAY__BROKER_ENDPOINT", broker_url.clone()));
+        with_broker.push(("TTA_AGENTS__BROKER_ENDPOINT", broker_url));
+        // Generous for debug builds on a busy 2-core machine; the benchmark measures speed.
+        with_broker.push(("TTA_GATEWAY__TURN_TIMEOUT", "10s".to_owned()));
+
+        let mut workers = Vec::new();
+        for binary in ["tta-ipa", "tta-wba", "tta-nga"] {
+            for _ in 0..workers_per_agent {
+                workers.push(spawn(binary, false, with_broker.clone())?);
+            }
+        }
+        let gateway = spawn("tta-gateway", true, with_broker)?;
+        for worker in &workers {
+            wait_ready(worker).await?;
+        }
+        wait_ready(&gateway).await?;
+        Ok(Self {
+            broker,
+            gateway,
+            workers,
+            redis_url: redis_url.to_owned(),
+            prefix,
+        })
+    }
+
+    pub fn gateway_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.gateway
+                .grpc
+                .map(|addr| addr.to_string())
+                .unwrap_or_default()
+        )
+    }
+}

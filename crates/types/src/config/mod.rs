@@ -142,6 +142,10 @@ pub struct GatewayConfig {
     pub turn_timeout: Duration,
     /// Workflow definitions to load at start-up, in addition to the built-in ones.
     pub workflows_file: Option<PathBuf>,
+    /// World of sessions created without one.
+    pub default_world: String,
+    /// Player inputs kept per session and handed to the agents.
+    pub history_window: usize,
 }
 
 impl Default for GatewayConfig {
@@ -154,6 +158,8 @@ impl Default for GatewayConfig {
             max_input_chars: 2000,
             turn_timeout: Duration::from_secs(2),
             workflows_file: None,
+            default_world: "quiet-harbor".to_owned(),
+            history_window: 20,
         }
     }
 }
@@ -380,6 +386,10 @@ pub struct AgentsConfig {
     #[serde(with = "duration::option")]
     pub heartbeat_interval: Option<Duration>,
     pub auto_register: bool,
+    /// The broker the workers consume their tasks from.
+    pub broker_endpoint: String,
+    /// Directory of world files (`<world id>.yaml`) the WBA loads.
+    pub worlds_dir: PathBuf,
     pub ipa: AgentWorkerConfig,
     pub wba: AgentWorkerConfig,
     pub nga: AgentWorkerConfig,
@@ -397,6 +407,8 @@ impl Default for AgentsConfig {
             heartbeat_ttl: Duration::from_secs(30),
             heartbeat_interval: None,
             auto_register: true,
+            broker_endpoint: "http://127.0.0.1:50052".to_owned(),
+            worlds_dir: PathBuf::from("deploy/worlds"),
             ipa: AgentWorkerConfig::with_admin_port(9061),
             wba: AgentWorkerConfig::with_admin_port(9062),
             nga: AgentWorkerConfig::with_admin_port(9063),

@@ -1,0 +1,135 @@
+//! Sends agent tasks through the broker and waits for their results.
+//!
+//! Each gateway replica consumes its own reply topic (`results.<instance>`). A result is
+//! written to the turn's run record in Redis *before* its delivery is acked, then handed to the
+//! waiting turn if there is one; a gateway that restarted mid-turn finds the result there when
+//! the client retries the turn.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prost::Message;
+use tokio::sync::oneshot;
+use tta_proto::v1 as pb;
+use tta_runtime::messaging::{Handler, Outgoing, Publisher, Settle};
+
+use crate::store::Store;
+
+pub const TASK_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentTask";
+
+/// The topic agents of a type consume.
+pub fn task_topic(agent_type: &str) -> String {
+    format!("agent.{agent_type}")
+}
+
+#[derive(Debug)]
+pub enum DispatchError {
+    /// The broker refused or could not take the task.
+    Publish(tonic::Status),
+    /// No result within the step's time budget.
+    Timeout,
+}
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    publisher: Publisher,
+    store: Store,
+    reply_topic: String,
+    waiters: Arc<Mutex<HashMap<String, oneshot::Sender<pb::AgentResult>>>>,
+}
+
+impl Dispatcher {
+    pub fn new(publisher: Publisher, store: Store, reply_topic: String) -> Self {
+        Self {
+            publisher,
+            store,
+            reply_topic,
+            waiters: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn reply_topic(&self) -> &str {
+        &self.reply_topic
+    }
+
+    /// Publishes `task` and waits up to `timeout` for its result.
+    pub async fn run(
+        &self,
+        mut task: pb::AgentTask,
+        timeout: Duration,
+    ) -> Result<pb::AgentResult, DispatchError> {
+        task.reply_topic = self.reply_topic.clone();
+        let (sender, receiver) = oneshot::channel();
+        let task_id = task.task_id.clone();
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.insert(task_id.clone(), sender);
+        }
+        let message = Outgoing {
+            topic: task_topic(&task.agent_type),
+            // The same task published twice (a retried turn) is enqueued once.
+            idempotency_key: Some(format!("task.{}.{}", sanitize(&task_id), task.attempt)),
+            payload: task.encode_to_vec(),
+            content_type: TASK_CONTENT_TYPE.to_owned(),
+            priority: pb::Priority::High,
+            headers: HashMap::new(),
+        };
+        let outcome = match self.publisher.publish(message).await {
+            Err(status) => Err(DispatchError::Publish(status)),
+            Ok(_) => match tokio::time::timeout(timeout, receiver).await {
+                Ok(Ok(result)) => Ok(result),
+                _ => Err(DispatchError::Timeout),
+            },
+        };
+        if let Ok(mut waiters) = self.waiters.lock() {
+            waiters.remove(&task_id);
+        }
+        outcome
+    }
+
+    /// The handler of the reply topic: persist, then notify, then ack.
+    pub fn result_handler(&self) -> Handler {
+        let dispatcher = self.clone();
+        Arc::new(move |delivery: pb::Delivery| {
+            let dispatcher = dispatcher.clone();
+            Box::pin(async move {
+                let payload = delivery
+                    .message
+                    .map(|message| message.payload)
+                    .unwrap_or_default();
+                let result = match pb::AgentResult::decode(payload.as_slice()) {
+                    Ok(result) => result,
+                    Err(err) => return Settle::Reject(format!("undecodable AgentResult: {err}")),
+                };
+                if let Err(err) = dispatcher.store.record_step(&result).await {
+                    tracing::warn!(task = %result.task_id, error = %err, "cannot record a step result; will retry");
+                    return Settle::Retry(err.to_string());
+                }
+                let waiter = dispatcher
+                    .waiters
+                    .lock()
+                    .ok()
+                    .and_then(|mut waiters| waiters.remove(&result.task_id));
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(result);
+                }
+                Settle::Ack
+            })
+        })
+    }
+}
+
+/// Idempotency keys use the shared id alphabet.
+fn sanitize(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

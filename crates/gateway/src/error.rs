@@ -1,0 +1,57 @@
+//! `gateway::Error` and its one mapping to gRPC status codes.
+
+use tta_types::{ErrorCode, FieldViolation, ServiceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Invalid(#[from] FieldViolation),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt gateway data in redis: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(err: redis::RedisError) -> Self {
+        if err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || err.is_timeout()
+        {
+            Error::Unavailable(err.to_string())
+        } else {
+            Error::Internal(format!("redis: {err}"))
+        }
+    }
+}
+
+impl ServiceError for Error {
+    fn error_code(&self) -> ErrorCode {
+        match self {
+            Error::Invalid(_) => ErrorCode::InvalidArgument,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            Error::Busy(_) => ErrorCode::ResourceExhausted,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Corrupt(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        err.to_status()
+    }
+}

@@ -1,0 +1,359 @@
+//! One player turn: IPA → WBA → NGA through the broker, with a run record that makes it
+//! durable and idempotent.
+//!
+//! A turn takes its session's lock (turns of one session run strictly in order, on any
+//! replica), replays the final response if the `turn_id` already completed, reuses step
+//! results that an earlier attempt stored, and runs the remaining steps. A step that fails or
+//! times out degrades the turn to a calm fallback reply instead of failing it (R1.4, R6.4).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tta_proto::v1 as pb;
+use tta_types::{Config, SessionId, TurnId, UserId};
+
+use crate::{
+    dispatch::{DispatchError, Dispatcher},
+    error::Error,
+    store::Store,
+};
+
+/// The built-in collaborative workflow: each step sees the outputs of the steps before it.
+pub const COLLABORATIVE: &str = "collaborative";
+const STEPS: [(&str, &str); 3] = [("ipa", "ipa"), ("wba", "wba"), ("nga", "nga")];
+
+/// What the player reads when a step could not produce its part.
+const FALLBACK_REPLY: &str = "Let's pause here for a moment. Take a slow breath in, and let it out gently. \
+The harbour is still here, and so are you. When you're ready, tell me what you'd like to do next.";
+
+/// A validated `ProcessUserInput` request.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub session_id: SessionId,
+    pub user_id: UserId,
+    pub text: String,
+    pub turn_id: TurnId,
+    pub interaction_type: String,
+    pub metadata: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TurnRunner {
+    config: Arc<Config>,
+    store: Store,
+    dispatcher: Dispatcher,
+    instance: String,
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(SystemTime::now())
+}
+
+fn run_id(session: &SessionId, turn: &TurnId) -> String {
+    uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_OID,
+        format!("{session}/{turn}").as_bytes(),
+    )
+    .to_string()
+}
+
+impl TurnRunner {
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        dispatcher: Dispatcher,
+        instance: String,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            dispatcher,
+            instance,
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A session with default settings, for `ProcessUserInput` on an unknown session id.
+    pub fn new_session(&self, session_id: &SessionId, user_id: &UserId) -> pb::Session {
+        let now = now_timestamp();
+        pb::Session {
+            session_id: session_id.to_string(),
+            user_id: user_id.to_string(),
+            character_name: String::new(),
+            world_id: self.config.gateway.default_world.clone(),
+            settings: Some(pb::TherapeuticSettings {
+                intensity: pb::TherapeuticIntensity::Medium as i32,
+                avoid_topics: Vec::new(),
+                locale: "en-US".to_owned(),
+                goals: Vec::new(),
+            }),
+            state: pb::SessionState::Active as i32,
+            created_at: Some(now),
+            updated_at: Some(now),
+            ended_at: None,
+            end_reason: String::new(),
+            version: 0,
+            last_turn_id: String::new(),
+            escalated: false,
+            metadata: HashMap::new(),
+        }
+    }
+
+    pub async fn run(&self, request: TurnRequest) -> Result<pb::ProcessUserInputResponse, Error> {
+        let session_key = request.session_id.as_str();
+        let turn_key = request.turn_id.as_str();
+        if let Some(mut done) = self.store.response(session_key, turn_key).await? {
+            done.replayed = true;
+            return Ok(done);
+        }
+
+        let budget = self.config.gateway.turn_timeout;
+        let token = format!("{}:{}", self.instance, request.turn_id);
+        if !self
+            .store
+            .lock(session_key, &token, budget * 2, budget * 3)
+            .await?
+        {
+            return Err(Error::Busy(format!(
+                "session {} is busy with another turn (retry after 100 ms)",
+                request.session_id
+            )));
+        }
+        let outcome = self.run_locked(&request).await;
+        if let Err(err) = self.store.unlock(session_key, &token).await {
+            tracing::warn!(session = %request.session_id, error = %err, "cannot release the session lock; it expires by itself");
+        }
+        outcome
+    }
+
+    async fn run_locked(
+        &self,
+        request: &TurnRequest,
+    ) -> Result<pb::ProcessUserInputResponse, Error> {
+        let started = Instant::now();
+        let session_key = request.session_id.as_str();
+        let turn_key = request.turn_id.as_str();
+        // Another replica may have finished this turn while we waited for the lock.
+        if let Some(mut done) = self.store.response(session_key, turn_key).await? {
+            done.replayed = true;
+            return Ok(done);
+        }
+        let mut session = match self.store.load_session(session_key).await? {
+            Some(session) => session,
+            None => {
+                let session = self.new_session(&request.session_id, &request.user_id);
+                self.store.create_session(&session).await?;
+                session
+            }
+        };
+        if session.user_id != request.user_id.as_str() {
+            return Err(Error::PermissionDenied(format!(
+                "user_id: session {} belongs to another user",
+                request.session_id
+            )));
+        }
+        if session.state == pb::SessionState::Ended as i32 {
+            return Err(Error::FailedPrecondition(format!(
+                "session {} has ended",
+                request.session_id
+            )));
+        }
+
+        let history = self
+            .store
+            .history(session_key, self.config.gateway.history_window)
+            .await?;
+        let mut metadata = request.metadata.clone();
+        if !history.is_empty() {
+            metadata.insert("history".to_owned(), history.join("\n"));
+        }
+        let context = pb::TurnContext {
+            user_id: request.user_id.to_string(),
+            text: request.text.clone(),
+            interaction_type: request.interaction_type.clone(),
+            world_id: session.world_id.clone(),
+            character_name: session.character_name.clone(),
+            settings: session.settings.clone(),
+            session_version: session.version,
+            metadata,
+        };
+        let run_id = run_id(&request.session_id, &request.turn_id);
+        let earlier: HashMap<String, pb::AgentResult> = self
+            .store
+            .step_results(session_key, turn_key)
+            .await?
+            .into_iter()
+            .filter(|result| result.status == pb::AgentResultStatus::Succeeded as i32)
+            .map(|result| (result.step_id.clone(), result))
+            .collect();
+
+        let mut upstream: Vec<pb::StepOutput> = Vec::new();
+        let mut timings = Vec::new();
+        let mut degraded_reasons = Vec::new();
+        for (step_id, agent_type) in STEPS {
+            let step_started = Instant::now();
+            let remaining = self
+                .config
+                .gateway
+                .turn_timeout
+                .saturating_sub(started.elapsed());
+            let result = match earlier.get(step_id) {
+                Some(result) => Ok(result.clone()),
+                None if remaining.is_zero() => Err(DispatchError::Timeout),
+                None => {
+                    let task = pb::AgentTask {
+                        task_id: format!("{run_id}:{step_id}"),
+                        run_id: run_id.clone(),
+                        turn_id: request.turn_id.to_string(),
+                        session_id: request.session_id.to_string(),
+                        step_id: step_id.to_owned(),
+                        agent_type: agent_type.to_owned(),
+                        workflow: COLLABORATIVE.to_owned(),
+                        turn: Some(context.clone()),
+                        upstream: upstream.clone(),
+                        params: None,
+                        deadline: Some(prost_types::Timestamp::from(SystemTime::now() + remaining)),
+                        attempt: 1,
+                        reply_topic: String::new(),
+                        alternative: None,
+                    };
+                    self.dispatcher.run(task, remaining).await
+                }
+            };
+            let (outcome, output) = match result {
+                Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
+                    (pb::StepOutcome::Succeeded, result.output)
+                }
+                Ok(result) => {
+                    let reason = result.error.map(|error| error.message).unwrap_or_default();
+                    degraded_reasons.push(format!("{step_id}: failed: {reason}"));
+                    (pb::StepOutcome::Failed, None)
+                }
+                Err(DispatchError::Timeout) => {
+                    degraded_reasons.push(format!("{step_id}: no answer in time"));
+                    (pb::StepOutcome::TimedOut, None)
+                }
+                Err(DispatchError::Publish(status)) => {
+                    degraded_reasons
+                        .push(format!("{step_id}: cannot dispatch: {}", status.message()));
+                    (pb::StepOutcome::Failed, None)
+                }
+            };
+            let elapsed = step_started.elapsed();
+            metrics::histogram!("tta_gateway_step_duration_seconds", "agent" => agent_type, "outcome" => outcome.as_str_name())
+                .record(elapsed.as_secs_f64());
+            timings.push(pb::StepTiming {
+                step_id: step_id.to_owned(),
+                agent_type: agent_type.to_owned(),
+                duration: prost_types::Duration::try_from(elapsed).ok(),
+                outcome: outcome as i32,
+                attempts: 1,
+                agent: None,
+            });
+            match output {
+                Some(output) => upstream.push(pb::StepOutput {
+                    step_id: step_id.to_owned(),
+                    agent_type: agent_type.to_owned(),
+                    output: Some(output),
+                }),
+                // Later steps depend on this one: stop and answer with the fallback.
+                None => break,
+            }
+        }
+
+        let response = compose_response(
+            request,
+            &run_id,
+            &upstream,
+            timings,
+            degraded_reasons,
+            started.elapsed(),
+            session.version,
+        );
+        if let Some(mut first) = self
+            .store
+            .record_response(session_key, turn_key, &response)
+            .await?
+        {
+            first.replayed = true;
+            return Ok(first);
+        }
+        session.version = response.session_version;
+        session.last_turn_id = request.turn_id.to_string();
+        session.updated_at = Some(now_timestamp());
+        self.store.save_session(&session).await?;
+        self.store
+            .push_history(
+                session_key,
+                &request.text,
+                self.config.gateway.history_window,
+            )
+            .await?;
+        let status = if response.degraded { "degraded" } else { "ok" };
+        metrics::counter!("tta_gateway_turns_total", "workflow" => COLLABORATIVE, "status" => status).increment(1);
+        metrics::histogram!("tta_gateway_turn_duration_seconds", "workflow" => COLLABORATIVE)
+            .record(started.elapsed().as_secs_f64());
+        Ok(response)
+    }
+}
+
+fn compose_response(
+    request: &TurnRequest,
+    run_id: &str,
+    upstream: &[pb::StepOutput],
+    timings: Vec<pb::StepTiming>,
+    degraded_reasons: Vec<String>,
+    elapsed: Duration,
+    previous_version: u64,
+) -> pb::ProcessUserInputResponse {
+    let mut text = None;
+    let mut world = None;
+    let mut suggestions = Vec::new();
+    let mut safety = None;
+    let mut version = previous_version;
+    for step in upstream {
+        match step.output.as_ref().and_then(|output| output.kind.as_ref()) {
+            Some(pb::agent_output::Kind::Ipa(ipa)) => safety = ipa.safety.clone(),
+            Some(pb::agent_output::Kind::Wba(wba)) => {
+                world = wba.world.clone();
+                version = wba.version.max(previous_version);
+            }
+            Some(pb::agent_output::Kind::Nga(nga)) => {
+                text = Some(nga.text.clone());
+                suggestions = nga.suggestions.clone();
+            }
+            _ => {}
+        }
+    }
+    let degraded = text.is_none() || !degraded_reasons.is_empty();
+    pb::ProcessUserInputResponse {
+        turn_id: request.turn_id.to_string(),
+        text: text.unwrap_or_else(|| FALLBACK_REPLY.to_owned()),
+        safety: Some(safety.unwrap_or(pb::SafetyAssessment {
+            level: pb::SafetyLevel::None as i32,
+            crisis: false,
+            categories: Vec::new(),
+            action: pb::SafetyAction::Allow as i32,
+            findings: Vec::new(),
+            rules_version: String::new(),
+        })),
+        degraded,
+        timings,
+        total_duration: prost_types::Duration::try_from(elapsed).ok(),
+        session_version: version,
+        session_id: request.session_id.to_string(),
+        run_id: run_id.to_owned(),
+        workflow: COLLABORATIVE.to_owned(),
+        workflow_version: 1,
+        replayed: false,
+        degraded_reasons,
+        world,
+        suggestions,
+    }
+}

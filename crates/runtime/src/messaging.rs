@@ -1,0 +1,198 @@
+//! The client side of the broker contract, shared by every process that moves work through it
+//! (the gateway and the agent workers): publishing, and a consumer that stays subscribed across
+//! broker restarts, runs a handler per delivery with bounded concurrency, and settles each
+//! delivery only after its handler has finished — so a crash means redelivery, never loss.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::{StreamExt, future::BoxFuture};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    task::JoinSet,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, transport::Channel};
+use tta_proto::v1::{self as pb, broker_client::BrokerClient};
+
+use crate::{grpc, shutdown::Shutdown, trace_context};
+
+/// A cheap-to-clone publisher.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: BrokerClient<Channel>,
+}
+
+/// One message to publish.
+#[derive(Debug, Clone, Default)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub priority: pb::Priority,
+    pub idempotency_key: Option<String>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Publisher {
+    /// Connects lazily (and reconnects by itself) to the broker at `endpoint`.
+    pub fn connect_lazy(endpoint: &str) -> Result<Self, grpc::Error> {
+        let channel = grpc::connect_lazy(endpoint)?;
+        Ok(Self {
+            client: BrokerClient::new(channel),
+        })
+    }
+
+    pub fn client(&self) -> BrokerClient<Channel> {
+        self.client.clone()
+    }
+
+    /// Publishes one message with the current trace context in its headers; returns its id.
+    pub async fn publish(&self, message: Outgoing) -> Result<String, Status> {
+        let mut headers = message.headers;
+        if !headers.contains_key(trace_context::TRACEPARENT) {
+            trace_context::inject_into_map(&tracing::Span::current(), &mut headers);
+        }
+        let request = pb::PublishRequest {
+            message: Some(pb::OutgoingMessage {
+                topic: message.topic,
+                priority: message.priority as i32,
+                headers,
+                payload: message.payload,
+                idempotency_key: message.idempotency_key.unwrap_or_default(),
+                delay: None,
+                content_type: message.content_type,
+            }),
+        };
+        let response = self.client.clone().publish(request).await?;
+        Ok(response.into_inner().message_id)
+    }
+}
+
+/// How a handler wants its delivery settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// The effect is durable: done.
+    Ack,
+    /// Failed, try again later (with the broker's backoff).
+    Retry(String),
+    /// Failed for good: dead-letter it.
+    Reject(String),
+}
+
+/// Handles one delivery; must be idempotent, because delivery is at least once.
+pub type Handler = Arc<dyn Fn(pb::Delivery) -> BoxFuture<'static, Settle> + Send + Sync>;
+
+/// Where and how to consume.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub topic: String,
+    pub group: String,
+    pub consumer: String,
+    /// Deliveries held at once; also the number of handlers running concurrently.
+    pub prefetch: u32,
+    pub visibility_timeout: Option<Duration>,
+}
+
+/// Consumes until `shutdown`, re-subscribing with backoff whenever the stream breaks (broker
+/// restart, network). Never returns an error: a consumer that gives up would silently stall
+/// its agents.
+pub async fn consume(
+    publisher: Publisher,
+    subscription: Subscription,
+    handler: Handler,
+    shutdown: Shutdown,
+) {
+    let mut failures: u32 = 0;
+    while !shutdown.is_triggered() {
+        match consume_once(&publisher, &subscription, &handler, &shutdown).await {
+            Ok(()) => failures = 0,
+            Err(status) => {
+                failures += 1;
+                let delay =
+                    Duration::from_millis(100u64 << failures.min(5)).min(Duration::from_secs(3));
+                tracing::warn!(topic = %subscription.topic, error = %status, retry_in = ?delay, "consumer stream lost; re-subscribing");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = shutdown.wait() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn consume_once(
+    publisher: &Publisher,
+    subscription: &Subscription,
+    handler: &Handler,
+    shutdown: &Shutdown,
+) -> Result<(), Status> {
+    let (frames, receiver) = mpsc::channel(subscription.prefetch as usize * 2 + 8);
+    let subscribe = pb::ConsumeRequest {
+        frame: Some(pb::consume_request::Frame::Subscribe(pb::SubscribeFrame {
+            topic: subscription.topic.clone(),
+            group: subscription.group.clone(),
+            consumer: subscription.consumer.clone(),
+            prefetch: subscription.prefetch,
+            visibility_timeout: subscription
+                .visibility_timeout
+                .and_then(|lease| prost_types::Duration::try_from(lease).ok()),
+            manual_credit: false,
+        })),
+    };
+    frames
+        .send(subscribe)
+        .await
+        .map_err(|_| Status::internal("consumer frame channel closed"))?;
+    let mut deliveries = publisher
+        .client()
+        .consume(ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    tracing::info!(topic = %subscription.topic, consumer = %subscription.consumer, "consuming");
+
+    let slots = Arc::new(Semaphore::new(subscription.prefetch.max(1) as usize));
+    let mut running = JoinSet::new();
+    let outcome = loop {
+        let next = tokio::select! {
+            next = deliveries.next() => next,
+            () = shutdown.wait() => break Ok(()),
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => delivery,
+            Some(Err(status)) => break Err(status),
+            None => break Err(Status::unavailable("the broker ended the stream")),
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break Ok(());
+        };
+        let handler = handler.clone();
+        let frames = frames.clone();
+        running.spawn(async move {
+            let receipt = delivery.receipt.clone();
+            let frame = match handler(delivery).await {
+                Settle::Ack => pb::consume_request::Frame::Ack(pb::AckFrame {
+                    receipt,
+                    receipts: Vec::new(),
+                }),
+                Settle::Retry(reason) => nack(receipt, pb::NackKind::Transient, reason),
+                Settle::Reject(reason) => nack(receipt, pb::NackKind::Permanent, reason),
+            };
+            // If the stream is gone the lease expires and the message is redelivered.
+            let _ = frames.send(pb::ConsumeRequest { frame: Some(frame) }).await;
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    };
+    // Let handlers in flight settle before the stream closes.
+    while running.join_next().await.is_some() {}
+    outcome
+}
+
+fn nack(receipt: String, kind: pb::NackKind, reason: String) -> pb::consume_request::Frame {
+    pb::consume_request::Frame::Nack(pb::NackFrame {
+        receipt,
+        kind: kind as i32,
+        reason,
+        retry_after: None,
+    })
+}
