@@ -6,6 +6,7 @@
 mod bench;
 mod broker_admin;
 mod health;
+mod play;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -37,14 +38,18 @@ enum Command {
     },
     /// Send one player turn to the gateway and print the reply.
     Turn {
-        /// Session to play in; created when it does not exist.
-        #[arg(long)]
-        session: String,
-        /// What the player types.
-        text: String,
+        #[command(flatten)]
+        target: play::GatewayTarget,
+        #[command(flatten)]
+        args: play::TurnArgs,
     },
     /// Play interactively against a running stack.
-    Play,
+    Play {
+        #[command(flatten)]
+        target: play::GatewayTarget,
+        #[command(flatten)]
+        args: play::PlayArgs,
+    },
     /// Therapeutic safety tools.
     #[command(subcommand)]
     Safety(SafetyCommand),
@@ -83,8 +88,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Health(args) => run_async(health::run(cli.config, args)),
         Command::Config { file } => check_config(file),
-        Command::Turn { .. } => not_yet("turn"),
-        Command::Play => not_yet("play"),
+        Command::Turn { target, args } => run_async(play::turn(cli.config, target, args)),
+        Command::Play { target, args } => run_async(play::play(cli.config, target, args)),
         Command::Safety(SafetyCommand::Classify) => not_yet("safety classify"),
         Command::Dlq { target, command } => {
             run_async(broker_admin::run_dlq(cli.config, target, command))
