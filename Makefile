@@ -40,6 +40,11 @@ run: deps ## Run the whole stack locally (private redis-server unless TTA_REDIS_
 	$(CARGO) build --workspace --bins $(CARGO_PROFILE_FLAG)
 	PROFILE=$(PROFILE) scripts/run-stack.sh
 
+.PHONY: demo
+demo: deps ## Run the stack and play a scripted session, printing each reply and its latency
+	$(CARGO) build --workspace --bins $(CARGO_PROFILE_FLAG)
+	PROFILE=$(PROFILE) scripts/demo.sh
+
 .PHONY: bench
 bench: deps ## Run the benchmarks on a release build (each prints its same-run baseline and ratio)
 	$(CARGO) build --release --locked -p tta-cli -p tta-broker
