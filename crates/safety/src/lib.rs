@@ -1,0 +1,29 @@
+//! Therapeutic safety (R5) for the TTA orchestrator: the rule engine that judges player input for
+//! crisis signals and agent output for harmful content, and the building blocks of the crisis
+//! protocol around it.
+//!
+//! - [`normalize`]: one normal form for texts and rule phrases (case, apostrophes, leetspeak,
+//!   elongated letters, invisible characters), with spans mapped back to the original;
+//! - [`rules`]: the YAML rule file, its validation and its compiled matchers;
+//! - [`engine`]: [`SafetyEngine`], a pure classifier from text to [`Assessment`];
+//! - [`reload`]: [`SharedEngine`], the engine behind an atomic swap, reloadable without restart;
+//! - [`settings`]: a session's therapeutic settings (intensity, avoided topics) and their policy;
+//! - [`metrics`]: the safety series on the `metrics` facade.
+//!
+//! Nothing here serves gRPC: the gateway's `tta.v1.Safety` service and the turn pipeline are
+//! built from these parts.
+
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod normalize;
+pub mod reload;
+pub mod rules;
+pub mod settings;
+pub mod verdict;
+
+pub use engine::{DEFAULT_RULES, SafetyEngine};
+pub use error::{Error, RuleIssue, RuleIssues};
+pub use reload::SharedEngine;
+pub use settings::{Intensity, SessionPolicy, TherapeuticSettings};
+pub use verdict::{Action, Assessment, Finding, Level, Source};
