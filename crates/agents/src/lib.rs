@@ -1,23 +1,158 @@
 //! The built-in agent workers. Each binary (`tta-ipa`, `tta-wba`, `tta-nga`) is one worker
-//! process: it will consume its topic from the broker, run its engine and publish results.
-//! The engines arrive with the turn capability; today each worker runs the shared service
-//! runtime: admin HTTP with health, readiness (Redis) and metrics, and graceful shutdown.
+//! process: it consumes `agent.<type>` from the broker, runs its [`engines`] engine and
+//! publishes the result to the task's reply topic before acking the task ([`worker`]); the WBA
+//! keeps each session's world in Redis, applied once per turn ([`state`]).
 
-use std::process::ExitCode;
+pub mod engines;
 
+pub mod state;
+pub mod worker;
+
+use std::{process::ExitCode, sync::Arc, time::Duration};
+
+use futures::future::BoxFuture;
+use prost::Message;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tta_proto::v1 as pb;
 use tta_runtime::{
-    BoxError, ServiceArgs, ServiceContext, ServiceKind, ServiceParts, redis,
+    BoxError, ServiceArgs, ServiceContext, ServiceKind, ServiceParts,
+    messaging::{self, Publisher, Subscription},
+    redis::Keyspace,
     service::{BuiltInAgent, run_main},
 };
+use tta_types::AgentId;
+
+use crate::{
+    engines::{Engine, EngineState, World, WorldState},
+    state::StateStore,
+    worker::{TaskError, TaskRunner, Worker},
+};
+
+/// A built-in engine behind the worker runtime; the WBA's world state goes through the
+/// [`StateStore`] so each turn is applied exactly once.
+#[derive(Debug)]
+struct EngineRunner {
+    engine: Box<dyn Engine>,
+    state: Option<StateStore>,
+}
+
+fn engine_failure(err: engines::Error) -> TaskError {
+    TaskError::Permanent(format!("{}: {err}", err.code()))
+}
+
+impl TaskRunner for EngineRunner {
+    fn run<'a>(&'a self, task: &'a pb::AgentTask) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>> {
+        Box::pin(async move {
+            let Some(store) = &self.state else {
+                return self
+                    .engine
+                    .run(task, EngineState::Stateless)
+                    .map(|outcome| outcome.output)
+                    .map_err(engine_failure);
+            };
+            let stored = store
+                .apply_once::<WorldState, _>(&task.session_id, &task.turn_id, |current| {
+                    let outcome = self
+                        .engine
+                        .run(task, EngineState::World(current.as_ref()))
+                        .map_err(engine_failure)?;
+                    Ok((outcome.output.encode_to_vec(), outcome.world_state))
+                })
+                .await?;
+            pb::AgentOutput::decode(stored.as_slice())
+                .map_err(|err| TaskError::Permanent(format!("stored output of turn {} is unreadable: {err}", task.turn_id)))
+        })
+    }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned())
+}
 
 /// Builds a worker's parts from its context.
-pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
-    let pool = redis::pool(&context.config.redis)?;
-    redis::add_readiness_check(&context.readiness, pool).await;
-    Ok(ServiceParts::default())
+pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<ServiceParts, BoxError> {
+    let config = context.config.clone();
+    let agent_type = agent.agent_type();
+    let worker_config = match agent {
+        BuiltInAgent::Ipa => &config.agents.ipa,
+        BuiltInAgent::Wba => &config.agents.wba,
+        BuiltInAgent::Nga => &config.agents.nga,
+    };
+    let agent_id = match &worker_config.instance {
+        Some(instance) => AgentId::new(agent_type.clone(), instance.clone())?,
+        None => AgentId::generated(agent_type.clone(), &host_name()),
+    };
+
+    let worlds: Vec<Arc<World>> = World::load_dir(&config.agents.worlds_dir)
+        .map_err(|err| format!("agents.worlds_dir: {err}"))?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let engine = engines::builtin(&agent_type, &worlds)?
+        .ok_or_else(|| format!("no built-in engine for agent type {agent_type}"))?;
+
+    let client = tta_runtime::redis::client(&config.redis.url)?;
+    let connection = ConnectionManager::new_lazy_with_config(
+        client,
+        ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.redis.connect_timeout))
+            .set_response_timeout(Some(Duration::from_secs(5))),
+    )?;
+    let keys = Keyspace::new(&config.redis.key_prefix);
+    let probe = connection.clone();
+    context
+        .readiness
+        .add_check("redis", move || {
+            let mut connection = probe.clone();
+            async move {
+                redis::cmd("PING")
+                    .query_async::<String>(&mut connection)
+                    .await
+                    .map(|_| ())
+                    .map_err(|err| format!("redis: {err}"))
+            }
+        })
+        .await;
+
+    let state = (agent == BuiltInAgent::Wba).then(|| StateStore::new(keys.clone(), connection.clone()));
+    let publisher = Publisher::connect_lazy(&config.agents.broker_endpoint)?;
+    let worker = Arc::new(Worker {
+        agent: agent_id.clone(),
+        publisher: publisher.clone(),
+        runner: Arc::new(EngineRunner { engine, state }),
+        task_timeout: worker_config.task_timeout,
+    });
+    let subscription = Subscription {
+        topic: format!("agent.{agent_type}"),
+        group: agent_type.to_string(),
+        consumer: agent_id.to_string().replace(':', "."),
+        prefetch: u32::try_from(worker_config.concurrency).unwrap_or(u32::MAX).min(1024),
+        visibility_timeout: None,
+    };
+    tracing::info!(agent = %agent_id, worlds = worlds.len(), "worker ready");
+
+    let mut parts = ServiceParts::default();
+    if worker_config.enabled {
+        let shutdown = context.shutdown.clone();
+        let handler = worker.handler();
+        parts = parts.with_task("consume-tasks", async move {
+            messaging::consume(publisher, subscription, handler, shutdown).await;
+            Ok(())
+        });
+    }
+    if config.agents.auto_register {
+        let shutdown = context.shutdown.clone();
+        let interval = config.agents.effective_heartbeat_interval();
+        let ttl = config.agents.heartbeat_ttl;
+        parts = parts.with_task("heartbeat", async move {
+            worker::heartbeat(connection, keys, agent_id, vec![agent_type.to_string()], interval, ttl, shutdown).await;
+            Ok(())
+        });
+    }
+    Ok(parts)
 }
 
 /// The `main` of every worker binary.
 pub fn worker_main(agent: BuiltInAgent, args: ServiceArgs) -> ExitCode {
-    run_main(ServiceKind::Agent(agent), args, build)
+    run_main(ServiceKind::Agent(agent), args, move |context| build(agent, context))
 }

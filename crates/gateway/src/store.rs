@@ -17,6 +17,29 @@ const RUN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Field of a run hash that holds the final response.
 const RESPONSE_FIELD: &str = "response";
 
+/// Who holds a session's turn lock: `<replica>/<incarnation>/<turn>`. The incarnation is new
+/// for every process start, so a restarted replica recognises its own dead predecessor's locks.
+#[derive(Debug, Clone)]
+pub struct LockToken {
+    pub replica: String,
+    pub incarnation: String,
+    pub turn: String,
+}
+
+impl LockToken {
+    pub fn value(&self) -> String {
+        format!("{}/{}/{}", self.replica, self.incarnation, self.turn)
+    }
+
+    fn left_by_earlier_incarnation(&self, holder: &str) -> bool {
+        let mut parts = holder.splitn(3, '/');
+        let (Some(replica), Some(incarnation)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        replica == self.replica && incarnation != self.incarnation
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     keys: Keyspace,
@@ -30,6 +53,16 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+/// Replaces a lock left by an earlier incarnation of this same replica (it crashed and
+/// restarted): ARGV: the stale value seen, the new token, hold ms.
+const TAKE_OVER: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"#;
 
 /// Deletes the lock only if we still hold it, so an expired lock taken over by another
 /// gateway is never released by the old holder.
@@ -131,21 +164,24 @@ impl Store {
     }
 
     /// Takes the session's turn lock, waiting up to `wait`. The lock expires after `hold` so a
-    /// crashed gateway cannot block the session for longer.
+    /// crashed gateway cannot block the session for longer; a lock left by an earlier
+    /// incarnation of this replica (`replica` prefix, but not `incarnation`) is taken over at
+    /// once, since that process is gone.
     pub async fn lock(
         &self,
         session: &str,
-        token: &str,
+        token: &LockToken,
         wait: Duration,
         hold: Duration,
     ) -> Result<bool, Error> {
         let key = self.lock_key(session);
+        let value = token.value();
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(1);
         loop {
             let taken: Option<String> = redis::cmd("SET")
                 .arg(&key)
-                .arg(token)
+                .arg(&value)
                 .arg("NX")
                 .arg("PX")
                 .arg(hold.as_millis() as u64)
@@ -153,6 +189,24 @@ impl Store {
                 .await?;
             if taken.is_some() {
                 return Ok(true);
+            }
+            let holder: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut self.connection())
+                .await?;
+            if let Some(holder) = holder.filter(|holder| token.left_by_earlier_incarnation(holder))
+            {
+                let replaced: i64 = redis::Script::new(TAKE_OVER)
+                    .key(&key)
+                    .arg(&holder)
+                    .arg(&value)
+                    .arg(hold.as_millis() as u64)
+                    .invoke_async(&mut self.connection())
+                    .await?;
+                if replaced == 1 {
+                    tracing::info!(session, stale = %holder, "took over a turn lock left by this replica before a restart");
+                    return Ok(true);
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
@@ -162,10 +216,10 @@ impl Store {
         }
     }
 
-    pub async fn unlock(&self, session: &str, token: &str) -> Result<(), Error> {
+    pub async fn unlock(&self, session: &str, token: &LockToken) -> Result<(), Error> {
         let _: i64 = redis::Script::new(UNLOCK)
             .key(self.lock_key(session))
-            .arg(token)
+            .arg(token.value())
             .invoke_async(&mut self.connection())
             .await?;
         Ok(())
@@ -260,5 +314,34 @@ impl Store {
             .query_async(&mut self.connection())
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(replica: &str, incarnation: &str) -> LockToken {
+        LockToken {
+            replica: replica.into(),
+            incarnation: incarnation.into(),
+            turn: "t1".into(),
+        }
+    }
+
+    #[test]
+    fn only_locks_of_an_earlier_incarnation_of_the_same_replica_are_stale() {
+        let mine = token("gw-a", "new");
+        assert!(mine.left_by_earlier_incarnation("gw-a/old/t9"));
+        assert!(
+            !mine.left_by_earlier_incarnation("gw-a/new/t9"),
+            "a lock of this very process is live"
+        );
+        assert!(
+            !mine.left_by_earlier_incarnation("gw-b/old/t9"),
+            "another replica may still be working"
+        );
+        assert!(!mine.left_by_earlier_incarnation("garbage"));
+        assert_eq!(mine.value(), "gw-a/new/t1");
     }
 }

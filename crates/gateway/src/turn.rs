@@ -46,6 +46,8 @@ pub struct TurnRunner {
     store: Store,
     dispatcher: Dispatcher,
     instance: String,
+    /// New for every process start; see [`crate::store::LockToken`].
+    incarnation: String,
 }
 
 fn now_timestamp() -> prost_types::Timestamp {
@@ -72,6 +74,7 @@ impl TurnRunner {
             store,
             dispatcher,
             instance,
+            incarnation: uuid::Uuid::now_v7().simple().to_string(),
         }
     }
 
@@ -114,7 +117,11 @@ impl TurnRunner {
         }
 
         let budget = self.config.gateway.turn_timeout;
-        let token = format!("{}:{}", self.instance, request.turn_id);
+        let token = crate::store::LockToken {
+            replica: self.instance.clone(),
+            incarnation: self.incarnation.clone(),
+            turn: request.turn_id.to_string(),
+        };
         if !self
             .store
             .lock(session_key, &token, budget * 2, budget * 3)

@@ -1,0 +1,128 @@
+//! Per-session state of a stateful agent (the WBA's world) in Redis, changed atomically and at
+//! most once per turn.
+//!
+//! The state lives in a hash `<prefix>:{session}:world` (`state` as JSON, `version`), and every
+//! applied turn's output in `<prefix>:{session}:world:turns`. Applying a turn is optimistic: read
+//! the state, compute, then a script writes the new state only if the version is still the one
+//! read, together with the turn's output. A redelivered task finds its turn's output and
+//! returns it without applying the turn again.
+
+use redis::aio::ConnectionManager;
+use serde::{Serialize, de::DeserializeOwned};
+use tta_runtime::redis::Keyspace;
+
+use crate::worker::TaskError;
+
+/// Attempts before giving up on a contended session (turns of one session are serialised by the
+/// gateway, so contention means a duplicate delivery racing the original).
+const MAX_ATTEMPTS: usize = 5;
+
+/// Compare-and-set of the state and the turn's output in one step.
+const COMMIT: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'version')
+if (current or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+return 1
+"#;
+
+/// `(state JSON, version)` as stored.
+type StoredState = (Option<String>, Option<String>);
+
+#[derive(Clone)]
+pub struct StateStore {
+    keys: Keyspace,
+    connection: ConnectionManager,
+    commit: redis::Script,
+}
+
+impl std::fmt::Debug for StateStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateStore").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(err: redis::RedisError) -> TaskError {
+    TaskError::Retryable(format!("state store: {err}"))
+}
+
+impl StateStore {
+    pub fn new(keys: Keyspace, connection: ConnectionManager) -> Self {
+        Self {
+            keys,
+            connection,
+            commit: redis::Script::new(COMMIT),
+        }
+    }
+
+    /// Applies one turn to the session's state exactly once and returns the turn's output.
+    ///
+    /// `apply` gets the current state (`None` for a new session) and returns the output to
+    /// record and the new state, or `None` as the new state when nothing changed.
+    pub async fn apply_once<S, F>(&self, session: &str, turn: &str, apply: F) -> Result<Vec<u8>, TaskError>
+    where
+        S: Serialize + DeserializeOwned,
+        F: Fn(Option<S>) -> Result<(Vec<u8>, Option<S>), TaskError>,
+    {
+        let state_key = self.keys.tagged(session, &["world"]);
+        let turns_key = self.keys.tagged(session, &["world", "turns"]);
+        let mut connection = self.connection.clone();
+        for _ in 0..MAX_ATTEMPTS {
+            let (done, current): (Option<Vec<u8>>, StoredState) = redis::pipe()
+                .cmd("HGET")
+                .arg(&turns_key)
+                .arg(turn)
+                .cmd("HMGET")
+                .arg(&state_key)
+                .arg("state")
+                .arg("version")
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            if let Some(output) = done {
+                return Ok(output);
+            }
+            let (raw_state, version) = current;
+            let state: Option<S> = raw_state
+                .map(|json| serde_json::from_str(&json))
+                .transpose()
+                .map_err(|err| TaskError::Permanent(format!("stored state of session {session} is unreadable: {err}")))?;
+            let had_state = state.is_some();
+            let (output, next) = apply(state)?;
+            let version_read = version.unwrap_or_default();
+            let next_version = version_read.parse::<u64>().unwrap_or(0) + 1;
+            let next_json = match next {
+                Some(next) => serde_json::to_string(&next)
+                    .map_err(|err| TaskError::Permanent(format!("cannot store the new state: {err}")))?,
+                // Nothing changed: record the turn's output against the same state.
+                None if had_state => {
+                    let _: () = redis::cmd("HSETNX")
+                        .arg(&turns_key)
+                        .arg(turn)
+                        .arg(&output)
+                        .query_async(&mut connection)
+                        .await
+                        .map_err(unavailable)?;
+                    return Ok(output);
+                }
+                None => return Err(TaskError::Permanent("a new session must produce a state".to_owned())),
+            };
+            let committed: i64 = self
+                .commit
+                .key(&state_key)
+                .key(&turns_key)
+                .arg(&version_read)
+                .arg(next_json)
+                .arg(next_version)
+                .arg(turn)
+                .arg(&output)
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            if committed == 1 {
+                return Ok(output);
+            }
+        }
+        Err(TaskError::Retryable(format!("session {session} state kept changing underneath")))
+    }
+}

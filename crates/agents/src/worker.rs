@@ -1,0 +1,188 @@
+//! The runtime every agent worker shares: consume `agent.<type>` from the broker, run the
+//! engine, publish the `AgentResult` to the task's reply topic, and only then ack — so a worker
+//! killed mid-task means the task is redelivered to another instance, never lost. Also keeps
+//! the worker's entry in the agent registry fresh with heartbeats.
+
+use std::{sync::Arc, time::{Duration, Instant, SystemTime}};
+
+use futures::future::BoxFuture;
+use prost::Message;
+use tta_proto::v1 as pb;
+use tta_runtime::{
+    Shutdown,
+    messaging::{Handler, Outgoing, Publisher, Settle},
+};
+use tta_types::AgentId;
+
+pub const RESULT_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentResult";
+
+/// Why an engine could not produce an output for a task.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskError {
+    /// Worth another attempt (a store or backend was unavailable).
+    #[error("{0}")]
+    Retryable(String),
+    /// The task itself is wrong; another attempt fails the same way.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// What a worker asks of its engine. Engines that keep state (the WBA) load and save it here.
+pub trait TaskRunner: Send + Sync {
+    fn run<'a>(&'a self, task: &'a pb::AgentTask) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>>;
+}
+
+/// One worker process's identity and plumbing.
+pub struct Worker {
+    pub agent: AgentId,
+    pub publisher: Publisher,
+    pub runner: Arc<dyn TaskRunner>,
+    pub task_timeout: Duration,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("agent", &self.agent).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// The broker handler: decode, run (bounded by the task timeout), publish, then settle.
+    pub fn handler(self: Arc<Self>) -> Handler {
+        Arc::new(move |delivery: pb::Delivery| {
+            let worker = self.clone();
+            Box::pin(async move { worker.handle(delivery).await })
+        })
+    }
+
+    async fn handle(&self, delivery: pb::Delivery) -> Settle {
+        let payload = delivery.message.map(|message| message.payload).unwrap_or_default();
+        let task = match pb::AgentTask::decode(payload.as_slice()) {
+            Ok(task) => task,
+            Err(err) => return Settle::Reject(format!("undecodable AgentTask: {err}")),
+        };
+        if task.reply_topic.is_empty() {
+            return Settle::Reject(format!("task {} has no reply_topic", task.task_id));
+        }
+        let agent_type = self.agent.agent_type.to_string();
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(self.task_timeout, self.runner.run(&task)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(TaskError::Retryable(format!("no output within {:?}", self.task_timeout))),
+        };
+        let elapsed = started.elapsed();
+        let status = match &outcome {
+            Ok(_) => "succeeded",
+            Err(TaskError::Retryable(_)) => "retryable",
+            Err(TaskError::Permanent(_)) => "failed",
+        };
+        metrics::histogram!("tta_agent_task_duration_seconds", "agent" => agent_type.clone(), "status" => status)
+            .record(elapsed.as_secs_f64());
+        metrics::counter!("tta_agent_tasks_total", "agent" => agent_type, "status" => status).increment(1);
+
+        let (status, output, error) = match outcome {
+            Ok(output) => (pb::AgentResultStatus::Succeeded, Some(output), None),
+            // A retryable failure is redelivered (and retried with backoff) by the broker.
+            Err(TaskError::Retryable(reason)) => {
+                tracing::warn!(task = %task.task_id, error = %reason, "task failed; it will be retried");
+                return Settle::Retry(reason);
+            }
+            Err(TaskError::Permanent(reason)) => (
+                pb::AgentResultStatus::FailedPermanent,
+                None,
+                Some(pb::AgentError {
+                    code: "invalid_task".to_owned(),
+                    message: reason,
+                }),
+            ),
+        };
+        let result = pb::AgentResult {
+            task_id: task.task_id.clone(),
+            run_id: task.run_id.clone(),
+            turn_id: task.turn_id.clone(),
+            session_id: task.session_id.clone(),
+            step_id: task.step_id.clone(),
+            attempt: task.attempt,
+            agent: Some(pb::AgentId::from(&self.agent)),
+            status: status as i32,
+            output,
+            error,
+            duration: prost_types::Duration::try_from(elapsed).ok(),
+            finished_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        };
+        let message = Outgoing {
+            topic: task.reply_topic.clone(),
+            payload: result.encode_to_vec(),
+            content_type: RESULT_CONTENT_TYPE.to_owned(),
+            priority: pb::Priority::High,
+            // A redelivered task answers once.
+            idempotency_key: Some(format!("result.{}.{}", task.task_id, task.attempt)),
+            headers: Default::default(),
+        };
+        match self.publisher.publish(message).await {
+            Ok(_) => Settle::Ack,
+            Err(status) => Settle::Retry(format!("cannot publish the result: {}", status.message())),
+        }
+    }
+}
+
+/// Keeps this worker visible in the agent registry: a key per instance that expires unless
+/// refreshed, plus an index set for listing.
+pub async fn heartbeat(
+    connection: redis::aio::ConnectionManager,
+    keys: tta_runtime::redis::Keyspace,
+    agent: AgentId,
+    capabilities: Vec<String>,
+    interval: Duration,
+    ttl: Duration,
+    shutdown: Shutdown,
+) {
+    let member = agent.to_string();
+    let key = keys.key(&["agents", &agent.agent_type.to_string(), &agent.instance]);
+    let index = keys.key(&["agents", "index"]);
+    let info = pb::AgentInfo {
+        id: Some(pb::AgentId::from(&agent)),
+        capabilities,
+        topic: format!("agent.{}", agent.agent_type),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        ..Default::default()
+    };
+    let mut connection = connection;
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.wait() => break,
+        }
+        let mut beat = info.clone();
+        beat.last_heartbeat = Some(prost_types::Timestamp::from(SystemTime::now()));
+        let written: Result<(), redis::RedisError> = redis::pipe()
+            .cmd("SET")
+            .arg(&key)
+            .arg(beat.encode_to_vec())
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .ignore()
+            .cmd("SADD")
+            .arg(&index)
+            .arg(&member)
+            .ignore()
+            .query_async(&mut connection)
+            .await;
+        if let Err(err) = written {
+            tracing::debug!(error = %err, "heartbeat failed; will retry");
+        }
+    }
+    // Leaving cleanly: no ghost entry until the TTL runs out.
+    let _: Result<(), redis::RedisError> = redis::pipe()
+        .cmd("DEL")
+        .arg(&key)
+        .ignore()
+        .cmd("SREM")
+        .arg(&index)
+        .arg(&member)
+        .ignore()
+        .query_async(&mut connection)
+        .await;
+}
