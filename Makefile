@@ -49,6 +49,7 @@ demo: deps ## Run the stack and play a scripted session, printing each reply and
 bench: deps ## Run the benchmarks on a release build (each prints its same-run baseline and ratio)
 	$(CARGO) build --release --locked -p tta-cli -p tta-broker
 	target/release/tta bench broker
+	target/release/tta bench safety
 
 .PHONY: clean
 clean: ## Remove build output and local run state

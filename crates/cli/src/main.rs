@@ -7,6 +7,7 @@ mod bench;
 mod broker_admin;
 mod health;
 mod play;
+mod safety;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -67,8 +68,9 @@ enum Command {
         #[command(subcommand)]
         command: broker_admin::BrokerCommand,
     },
-    /// Follow or acknowledge crisis escalations.
-    Escalations,
+    /// Follow or acknowledge crisis escalations (Redis: `redis.url`, `redis.key_prefix`).
+    #[command(subcommand)]
+    Escalations(safety::EscalationsCommand),
     /// List, show or deprecate registered tools.
     Tools,
     /// Run a benchmark; each prints a baseline measured in the same run and the ratio.
@@ -79,8 +81,9 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum SafetyCommand {
     /// Classify JSON Lines from stdin ({"text": …, "source": "user"|"agent"}); writes one
-    /// assessment per line.
-    Classify,
+    /// assessment per line ({"level", "crisis", "categories", "action"}). A bad line fails the
+    /// run with exit code 2, naming the line and field, before anything is written.
+    Classify(safety::ClassifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -90,14 +93,14 @@ fn main() -> ExitCode {
         Command::Config { file } => check_config(file),
         Command::Turn { target, args } => run_async(play::turn(cli.config, target, args)),
         Command::Play { target, args } => run_async(play::play(cli.config, target, args)),
-        Command::Safety(SafetyCommand::Classify) => not_yet("safety classify"),
+        Command::Safety(SafetyCommand::Classify(args)) => safety::run_classify(args),
         Command::Dlq { target, command } => {
             run_async(broker_admin::run_dlq(cli.config, target, command))
         }
         Command::Broker { target, command } => {
             run_async(broker_admin::run_broker(cli.config, target, command))
         }
-        Command::Escalations => not_yet("escalations"),
+        Command::Escalations(command) => run_async(safety::run_escalations(cli.config, command)),
         Command::Tools => not_yet("tools"),
         Command::Bench(command) => run_async(bench::run(command)),
     }

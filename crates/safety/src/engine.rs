@@ -89,11 +89,20 @@ impl SafetyEngine {
 
     /// Judges `text` under a session's settings.
     pub fn assess(&self, text: &str, source: Source, policy: &SessionPolicy) -> Assessment {
-        let normalized = Normalized::new(text);
+        // Most texts match nothing: normalise without the offset map first, and build it only
+        // when there is a span to map back (same text, so the same matches).
+        let mut normalized = Normalized::text_only(text);
         let mut raw = Vec::new();
         self.rules
             .matcher(source)
             .find(normalized.as_str(), &mut raw);
+        let topics = (source == Source::Agent)
+            .then_some(policy.topics.as_ref())
+            .flatten();
+        let topic_hit = topics.is_some_and(|t| t.matcher.any_raw(normalized.as_str()));
+        if !raw.is_empty() || topic_hit {
+            normalized = Normalized::new(text);
+        }
         let mut rule_verdict = RuleVerdict::default();
         let mut findings = self.findings(text, &normalized, source, &mut raw, &mut rule_verdict);
         if source == Source::Agent {

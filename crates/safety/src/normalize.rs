@@ -74,56 +74,102 @@ pub fn is_word_char(c: char) -> bool {
 }
 
 impl Normalized {
+    /// Normalises `original` and records where each byte came from.
     pub fn new(original: &str) -> Self {
-        let mut out = Builder::with_capacity(original.len());
-        let mut chars = original.char_indices().peekable();
-        while let Some((start, c)) = chars.next() {
-            let end = start + c.len_utf8();
-            let next = chars.peek().map(|&(_, next)| next);
-            if is_invisible(c) || is_apostrophe(c) {
-                continue;
-            }
-            if c.is_whitespace() || is_dash(c) {
-                out.space(start, end);
-                continue;
-            }
-            if let Some((letter, needs_both_sides)) = leet(c) {
-                let after_letter = out.last_is_letter();
-                let before_letter = next.is_some_and(|n| n.is_alphabetic() || n == '1');
-                let is_digit = c.is_ascii_digit();
-                let read_as_letter = if needs_both_sides {
-                    after_letter && before_letter
-                } else if is_digit {
-                    // A digit is a letter only after a letter: "k1ll", "d13", but "100mg".
-                    after_letter
-                } else {
-                    after_letter || before_letter
-                };
-                if read_as_letter {
-                    out.letter(letter, start, end);
-                    continue;
-                }
-            }
-            if c.is_ascii() {
-                let lower = c.to_ascii_lowercase();
-                if lower.is_ascii_alphabetic() {
-                    out.letter(lower, start, end);
-                } else {
-                    out.other(lower, start, end);
-                }
-            } else {
-                for lower in c.to_lowercase() {
-                    if lower.is_alphabetic() {
-                        out.letter(lower, start, end);
-                    } else {
-                        out.other(lower, start, end);
-                    }
-                }
-            }
-        }
-        out.finish()
+        normalize::<true>(original)
     }
 
+    /// Normalises `original` without the offset map: the fast path for the common case where
+    /// nothing matches and no span has to be mapped back. The text is identical to
+    /// [`Normalized::new`]'s; [`Normalized::original_span`] maps every span to an empty one.
+    pub fn text_only(original: &str) -> Self {
+        normalize::<false>(original)
+    }
+
+    pub fn has_offsets(&self) -> bool {
+        self.starts.len() == self.text.len()
+    }
+}
+
+fn normalize<const TRACK: bool>(original: &str) -> Normalized {
+    let mut out = Builder::<TRACK>::with_capacity(original.len());
+    let bytes = original.as_bytes();
+    let mut at = 0;
+    while at < bytes.len() {
+        let byte = bytes[at];
+        // Fast path: plain ASCII letters and spaces are nearly all of any text.
+        if byte.is_ascii_alphabetic() {
+            out.letter(char::from(byte.to_ascii_lowercase()), at, at + 1);
+            at += 1;
+            continue;
+        }
+        if byte == b' ' {
+            out.space(at, at + 1);
+            at += 1;
+            continue;
+        }
+        let Some(c) = original[at..].chars().next() else {
+            break;
+        };
+        let end = at + c.len_utf8();
+        let next = original[end..].chars().next();
+        normalize_char(&mut out, c, next, at, end);
+        at = end;
+    }
+    out.finish()
+}
+
+/// Everything but the fast path: invisible characters, apostrophes, dashes, whitespace,
+/// leetspeak, digits, punctuation and non-ASCII letters.
+fn normalize_char<const TRACK: bool>(
+    out: &mut Builder<TRACK>,
+    c: char,
+    next: Option<char>,
+    start: usize,
+    end: usize,
+) {
+    if is_invisible(c) || is_apostrophe(c) {
+        return;
+    }
+    if c.is_whitespace() || is_dash(c) {
+        out.space(start, end);
+        return;
+    }
+    if let Some((letter, needs_both_sides)) = leet(c) {
+        let after_letter = out.last_is_letter();
+        let before_letter = next.is_some_and(|n| n.is_alphabetic() || n == '1');
+        let read_as_letter = if needs_both_sides {
+            after_letter && before_letter
+        } else if c.is_ascii_digit() {
+            // A digit is a letter only after a letter: "k1ll", "d13", but "100mg".
+            after_letter
+        } else {
+            after_letter || before_letter
+        };
+        if read_as_letter {
+            out.letter(letter, start, end);
+            return;
+        }
+    }
+    if c.is_ascii() {
+        let lower = c.to_ascii_lowercase();
+        if lower.is_ascii_alphabetic() {
+            out.letter(lower, start, end);
+        } else {
+            out.other(lower, start, end);
+        }
+    } else {
+        for lower in c.to_lowercase() {
+            if lower.is_alphabetic() {
+                out.letter(lower, start, end);
+            } else {
+                out.other(lower, start, end);
+            }
+        }
+    }
+}
+
+impl Normalized {
     pub fn as_str(&self) -> &str {
         &self.text
     }
@@ -139,7 +185,7 @@ impl Normalized {
     /// The byte span of the original text that produced `range` of the normalised text. Always on
     /// character boundaries of the original. An empty or out-of-range span maps to an empty span.
     pub fn original_span(&self, range: Range<usize>) -> Range<usize> {
-        if range.start >= range.end || range.end > self.text.len() {
+        if range.start >= range.end || range.end > self.starts.len() {
             let at = self.starts.get(range.start).copied().unwrap_or(0) as usize;
             return at..at;
         }
@@ -149,8 +195,8 @@ impl Normalized {
     }
 }
 
-/// Accumulates normalised output and its offset map.
-struct Builder {
+/// Accumulates normalised output and, when `TRACK`, its offset map.
+struct Builder<const TRACK: bool> {
     text: String,
     starts: Vec<u32>,
     ends: Vec<u32>,
@@ -160,12 +206,13 @@ struct Builder {
     run_at: usize,
 }
 
-impl Builder {
+impl<const TRACK: bool> Builder<TRACK> {
     fn with_capacity(capacity: usize) -> Self {
+        let map_capacity = if TRACK { capacity } else { 0 };
         Self {
             text: String::with_capacity(capacity),
-            starts: Vec::with_capacity(capacity),
-            ends: Vec::with_capacity(capacity),
+            starts: Vec::with_capacity(map_capacity),
+            ends: Vec::with_capacity(map_capacity),
             run: None,
             run_at: 0,
         }
@@ -173,6 +220,9 @@ impl Builder {
 
     fn push(&mut self, c: char, start: usize, end: usize) {
         self.text.push(c);
+        if !TRACK {
+            return;
+        }
         for _ in 0..c.len_utf8() {
             // Texts are bounded far below 4 GiB by the callers; saturate rather than wrap.
             self.starts.push(u32::try_from(start).unwrap_or(u32::MAX));
@@ -197,8 +247,13 @@ impl Builder {
                         if count == 3 {
                             let second = self.run_at + c.len_utf8();
                             self.text.truncate(second);
-                            self.starts.truncate(second);
-                            self.ends.truncate(second);
+                            if TRACK {
+                                self.starts.truncate(second);
+                                self.ends.truncate(second);
+                            }
+                        }
+                        if !TRACK {
+                            return;
                         }
                         let end = u32::try_from(end).unwrap_or(u32::MAX);
                         for slot in &mut self.ends[self.run_at..] {
@@ -246,7 +301,7 @@ impl Builder {
 /// Joins words spelled out letter by letter ("d i e" → "die", "k m s" → "kms"), a common way
 /// past filters: a run of three or more single ASCII letters separated by single spaces loses
 /// its spaces. Runs of two ("i a") are left alone; real text has them, spelled words rarely.
-fn join_spaced_letters(out: &mut Builder) {
+fn join_spaced_letters<const TRACK: bool>(out: &mut Builder<TRACK>) {
     let bytes = out.text.as_bytes();
     let is_single_letter = |at: usize| {
         bytes[at].is_ascii_alphabetic()
@@ -284,16 +339,18 @@ fn join_spaced_letters(out: &mut Builder) {
         keep[at] = false;
     }
     let mut index = 0;
-    out.starts.retain(|_| {
-        index += 1;
-        keep[index - 1]
-    });
-    index = 0;
-    out.ends.retain(|_| {
-        index += 1;
-        keep[index - 1]
-    });
-    index = 0;
+    if TRACK {
+        out.starts.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        index = 0;
+        out.ends.retain(|_| {
+            index += 1;
+            keep[index - 1]
+        });
+        index = 0;
+    }
     out.text.retain(|c| {
         let kept = keep[index];
         index += c.len_utf8();
@@ -446,6 +503,21 @@ mod tests {
         assert_eq!(&original[normalized.original_span(at..at + 3)], "kms");
         let span = normalized.original_span(0..2);
         assert_eq!(&original[span], "Ü");
+    }
+
+    #[test]
+    fn the_fast_path_produces_the_same_text_without_offsets() {
+        for text in [
+            "Please… I DON’T want to diiiie!",
+            "k1ll mys3lf",
+            "su\u{200B}icide d i e",
+            "Ünïcödé ☃ kms  ",
+        ] {
+            let fast = Normalized::text_only(text);
+            assert_eq!(fast.as_str(), Normalized::new(text).as_str());
+            assert!(!fast.has_offsets());
+            assert!(fast.original_span(0..2).is_empty());
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! orchestrator's own figure, so a number always comes with what it should be compared to.
 
 mod broker;
+mod safety;
 mod stats;
 
 use std::process::ExitCode;
@@ -12,11 +13,15 @@ use tta_runtime::service::EXIT_FAILURE;
 pub enum BenchCommand {
     /// Publish → deliver → ack through the broker service, against raw Redis Streams.
     Broker(broker::BrokerBenchArgs),
+    /// Safety rule engine throughput and per-turn latency on one core, against a plain RegexSet
+    /// scan of the same patterns.
+    Safety(safety::SafetyBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> ExitCode {
     let outcome = match command {
         BenchCommand::Broker(args) => broker::run(args).await,
+        BenchCommand::Safety(args) => safety::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

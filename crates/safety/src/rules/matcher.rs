@@ -30,6 +30,8 @@ struct PhraseOwner {
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     phrases: Option<AhoCorasick>,
+    /// The distinct phrases, by automaton pattern id.
+    phrase_list: Vec<String>,
     /// Owners of each distinct phrase, by automaton pattern id.
     owners: Vec<Vec<PhraseOwner>>,
     set: Option<RegexSet>,
@@ -93,6 +95,7 @@ impl MatcherBuilder {
         };
         Ok(Matcher {
             phrases,
+            phrase_list: self.phrases,
             owners: self.owners,
             set,
             regexes: self.regexes,
@@ -111,7 +114,9 @@ fn char_after(text: &str, at: usize) -> Option<char> {
 impl Matcher {
     /// Appends every pattern hit in the normalised `text` to `out`.
     pub fn find(&self, text: &str, out: &mut Vec<RawMatch>) {
-        if let Some(automaton) = &self.phrases {
+        // `is_match` runs the automaton's prefilter and stops at the first hit; the overlapping
+        // search that reports every hit is only needed when there is one.
+        if let Some(automaton) = self.phrases.as_ref().filter(|a| a.is_match(text)) {
             for hit in automaton.find_overlapping_iter(text) {
                 let (start, end) = (hit.start(), hit.end());
                 let starts_word = char_before(text, start).is_none_or(|c| !is_word_char(c));
@@ -130,7 +135,8 @@ impl Matcher {
                 }
             }
         }
-        if let Some(set) = &self.set {
+        // `is_match` stops early and needs no overlapping search; most texts match nothing.
+        if let Some(set) = self.set.as_ref().filter(|set| set.is_match(text)) {
             for index in set.matches(text).iter() {
                 let (rule, regex) = &self.regexes[index];
                 for hit in regex.find_iter(text) {
@@ -157,7 +163,12 @@ impl Matcher {
         self.owners.len() + self.regexes.len()
     }
 
-    /// The distinct phrases and regex sources, for baselines that scan the same patterns.
+    /// The distinct normalised phrases, for baselines that scan the same patterns.
+    pub fn phrases(&self) -> &[String] {
+        &self.phrase_list
+    }
+
+    /// The regex sources, for baselines that scan the same patterns.
     pub fn regex_sources(&self) -> impl Iterator<Item = &str> {
         self.regexes.iter().map(|(_, regex)| regex.as_str())
     }
