@@ -41,7 +41,10 @@ fn engine_failure(err: engines::Error) -> TaskError {
 }
 
 impl TaskRunner for EngineRunner {
-    fn run<'a>(&'a self, task: &'a pb::AgentTask) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>> {
+    fn run<'a>(
+        &'a self,
+        task: &'a pb::AgentTask,
+    ) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>> {
         Box::pin(async move {
             let Some(store) = &self.state else {
                 return self
@@ -59,8 +62,12 @@ impl TaskRunner for EngineRunner {
                     Ok((outcome.output.encode_to_vec(), outcome.world_state))
                 })
                 .await?;
-            pb::AgentOutput::decode(stored.as_slice())
-                .map_err(|err| TaskError::Permanent(format!("stored output of turn {} is unreadable: {err}", task.turn_id)))
+            pb::AgentOutput::decode(stored.as_slice()).map_err(|err| {
+                TaskError::Permanent(format!(
+                    "stored output of turn {} is unreadable: {err}",
+                    task.turn_id
+                ))
+            })
         })
     }
 }
@@ -114,7 +121,8 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         })
         .await;
 
-    let state = (agent == BuiltInAgent::Wba).then(|| StateStore::new(keys.clone(), connection.clone()));
+    let state =
+        (agent == BuiltInAgent::Wba).then(|| StateStore::new(keys.clone(), connection.clone()));
     let publisher = Publisher::connect_lazy(&config.agents.broker_endpoint)?;
     let worker = Arc::new(Worker {
         agent: agent_id.clone(),
@@ -126,7 +134,9 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         topic: format!("agent.{agent_type}"),
         group: agent_type.to_string(),
         consumer: agent_id.to_string().replace(':', "."),
-        prefetch: u32::try_from(worker_config.concurrency).unwrap_or(u32::MAX).min(1024),
+        prefetch: u32::try_from(worker_config.concurrency)
+            .unwrap_or(u32::MAX)
+            .min(1024),
         visibility_timeout: None,
     };
     tracing::info!(agent = %agent_id, worlds = worlds.len(), "worker ready");
@@ -145,7 +155,16 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         let interval = config.agents.effective_heartbeat_interval();
         let ttl = config.agents.heartbeat_ttl;
         parts = parts.with_task("heartbeat", async move {
-            worker::heartbeat(connection, keys, agent_id, vec![agent_type.to_string()], interval, ttl, shutdown).await;
+            worker::heartbeat(
+                connection,
+                keys,
+                agent_id,
+                vec![agent_type.to_string()],
+                interval,
+                ttl,
+                shutdown,
+            )
+            .await;
             Ok(())
         });
     }
@@ -154,5 +173,7 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
 
 /// The `main` of every worker binary.
 pub fn worker_main(agent: BuiltInAgent, args: ServiceArgs) -> ExitCode {
-    run_main(ServiceKind::Agent(agent), args, move |context| build(agent, context))
+    run_main(ServiceKind::Agent(agent), args, move |context| {
+        build(agent, context)
+    })
 }

@@ -38,7 +38,9 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore").field("keys", &self.keys).finish_non_exhaustive()
+        f.debug_struct("StateStore")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,7 +61,12 @@ impl StateStore {
     ///
     /// `apply` gets the current state (`None` for a new session) and returns the output to
     /// record and the new state, or `None` as the new state when nothing changed.
-    pub async fn apply_once<S, F>(&self, session: &str, turn: &str, apply: F) -> Result<Vec<u8>, TaskError>
+    pub async fn apply_once<S, F>(
+        &self,
+        session: &str,
+        turn: &str,
+        apply: F,
+    ) -> Result<Vec<u8>, TaskError>
     where
         S: Serialize + DeserializeOwned,
         F: Fn(Option<S>) -> Result<(Vec<u8>, Option<S>), TaskError>,
@@ -86,14 +93,19 @@ impl StateStore {
             let state: Option<S> = raw_state
                 .map(|json| serde_json::from_str(&json))
                 .transpose()
-                .map_err(|err| TaskError::Permanent(format!("stored state of session {session} is unreadable: {err}")))?;
+                .map_err(|err| {
+                    TaskError::Permanent(format!(
+                        "stored state of session {session} is unreadable: {err}"
+                    ))
+                })?;
             let had_state = state.is_some();
             let (output, next) = apply(state)?;
             let version_read = version.unwrap_or_default();
             let next_version = version_read.parse::<u64>().unwrap_or(0) + 1;
             let next_json = match next {
-                Some(next) => serde_json::to_string(&next)
-                    .map_err(|err| TaskError::Permanent(format!("cannot store the new state: {err}")))?,
+                Some(next) => serde_json::to_string(&next).map_err(|err| {
+                    TaskError::Permanent(format!("cannot store the new state: {err}"))
+                })?,
                 // Nothing changed: record the turn's output against the same state.
                 None if had_state => {
                     let _: () = redis::cmd("HSETNX")
@@ -105,7 +117,11 @@ impl StateStore {
                         .map_err(unavailable)?;
                     return Ok(output);
                 }
-                None => return Err(TaskError::Permanent("a new session must produce a state".to_owned())),
+                None => {
+                    return Err(TaskError::Permanent(
+                        "a new session must produce a state".to_owned(),
+                    ));
+                }
             };
             let committed: i64 = self
                 .commit
@@ -123,6 +139,8 @@ impl StateStore {
                 return Ok(output);
             }
         }
-        Err(TaskError::Retryable(format!("session {session} state kept changing underneath")))
+        Err(TaskError::Retryable(format!(
+            "session {session} state kept changing underneath"
+        )))
     }
 }

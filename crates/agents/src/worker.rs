@@ -3,7 +3,10 @@
 //! killed mid-task means the task is redelivered to another instance, never lost. Also keeps
 //! the worker's entry in the agent registry fresh with heartbeats.
 
-use std::{sync::Arc, time::{Duration, Instant, SystemTime}};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use futures::future::BoxFuture;
 use prost::Message;
@@ -29,7 +32,10 @@ pub enum TaskError {
 
 /// What a worker asks of its engine. Engines that keep state (the WBA) load and save it here.
 pub trait TaskRunner: Send + Sync {
-    fn run<'a>(&'a self, task: &'a pb::AgentTask) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>>;
+    fn run<'a>(
+        &'a self,
+        task: &'a pb::AgentTask,
+    ) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>>;
 }
 
 /// One worker process's identity and plumbing.
@@ -42,7 +48,9 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("agent", &self.agent).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("agent", &self.agent)
+            .finish_non_exhaustive()
     }
 }
 
@@ -56,7 +64,10 @@ impl Worker {
     }
 
     async fn handle(&self, delivery: pb::Delivery) -> Settle {
-        let payload = delivery.message.map(|message| message.payload).unwrap_or_default();
+        let payload = delivery
+            .message
+            .map(|message| message.payload)
+            .unwrap_or_default();
         let task = match pb::AgentTask::decode(payload.as_slice()) {
             Ok(task) => task,
             Err(err) => return Settle::Reject(format!("undecodable AgentTask: {err}")),
@@ -68,7 +79,10 @@ impl Worker {
         let started = Instant::now();
         let outcome = match tokio::time::timeout(self.task_timeout, self.runner.run(&task)).await {
             Ok(outcome) => outcome,
-            Err(_) => Err(TaskError::Retryable(format!("no output within {:?}", self.task_timeout))),
+            Err(_) => Err(TaskError::Retryable(format!(
+                "no output within {:?}",
+                self.task_timeout
+            ))),
         };
         let elapsed = started.elapsed();
         let status = match &outcome {
@@ -78,7 +92,8 @@ impl Worker {
         };
         metrics::histogram!("tta_agent_task_duration_seconds", "agent" => agent_type.clone(), "status" => status)
             .record(elapsed.as_secs_f64());
-        metrics::counter!("tta_agent_tasks_total", "agent" => agent_type, "status" => status).increment(1);
+        metrics::counter!("tta_agent_tasks_total", "agent" => agent_type, "status" => status)
+            .increment(1);
 
         let (status, output, error) = match outcome {
             Ok(output) => (pb::AgentResultStatus::Succeeded, Some(output), None),
@@ -121,7 +136,9 @@ impl Worker {
         };
         match self.publisher.publish(message).await {
             Ok(_) => Settle::Ack,
-            Err(status) => Settle::Retry(format!("cannot publish the result: {}", status.message())),
+            Err(status) => {
+                Settle::Retry(format!("cannot publish the result: {}", status.message()))
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 mod broker;
 mod safety;
 mod stats;
+mod turns;
 
 use std::process::ExitCode;
 
@@ -16,12 +17,16 @@ pub enum BenchCommand {
     /// Safety rule engine throughput and per-turn latency on one core, against a plain RegexSet
     /// scan of the same patterns.
     Safety(safety::SafetyBenchArgs),
+    /// Whole turns with the built-in agents through every service, at 1, 16 and 64 sessions,
+    /// against the engines alone in-process.
+    Turns(turns::TurnsBenchArgs),
 }
 
 pub async fn run(command: BenchCommand) -> ExitCode {
     let outcome = match command {
         BenchCommand::Broker(args) => broker::run(args).await,
         BenchCommand::Safety(args) => safety::run(args).await,
+        BenchCommand::Turns(args) => turns::run(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

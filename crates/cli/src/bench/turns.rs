@@ -24,7 +24,14 @@ use tta_testkit::{RedisServer, ServiceProcess, free_port, http_get, wait_until};
 use super::stats::Latencies;
 
 /// What each simulated player types, round and round.
-const SCRIPT: [&str; 6] = ["look", "go north", "look around", "go south", "i feel calm", "inventory"];
+const SCRIPT: [&str; 6] = [
+    "look",
+    "go north",
+    "look around",
+    "go south",
+    "i feel calm",
+    "inventory",
+];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TurnsBenchArgs {
@@ -46,16 +53,22 @@ struct Process {
     running: ServiceProcess,
 }
 
-async fn spawn(binary: &str, grpc: Option<SocketAddr>, env: &[(&str, String)]) -> anyhow::Result<Process> {
+async fn spawn(
+    binary: &str,
+    grpc: Option<SocketAddr>,
+    env: &[(&str, String)],
+) -> anyhow::Result<Process> {
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let mut args = vec!["--admin-addr".to_owned(), admin.to_string()];
     if let Some(grpc) = grpc {
         args.extend(["--grpc-addr".to_owned(), grpc.to_string()]);
     }
     let running = ServiceProcess::spawn(binary, &args, env)?;
-    wait_until(Duration::from_secs(30), &format!("{binary} ready"), || async move {
-        matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{binary} ready"),
+        || async move { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
+    )
     .await
     .with_context(|| running.logs())?;
     Ok(Process { running })
@@ -73,7 +86,8 @@ pub async fn run(args: TurnsBenchArgs) -> anyhow::Result<()> {
     if args.concurrency.is_empty() || args.concurrency.contains(&0) {
         bail!("--concurrency needs numbers of sessions of at least 1");
     }
-    let worlds_dir = std::fs::canonicalize(&args.worlds).with_context(|| format!("--worlds {}", args.worlds.display()))?;
+    let worlds_dir = std::fs::canonicalize(&args.worlds)
+        .with_context(|| format!("--worlds {}", args.worlds.display()))?;
     let baseline = baseline(&worlds_dir, args.duration.min(Duration::from_secs(2)))?;
 
     let redis = RedisServer::start().context("starting a private redis-server")?;
@@ -103,9 +117,20 @@ pub async fn run(args: TurnsBenchArgs) -> anyhow::Result<()> {
     let mut runs = Vec::new();
     for concurrency in &args.concurrency {
         if !args.json {
-            eprintln!("… {concurrency} concurrent sessions for {:?}", args.duration);
+            eprintln!(
+                "… {concurrency} concurrent sessions for {:?}",
+                args.duration
+            );
         }
-        runs.push(play(client.clone(), *concurrency, args.duration, &format!("c{concurrency}")).await?);
+        runs.push(
+            play(
+                client.clone(),
+                *concurrency,
+                args.duration,
+                &format!("c{concurrency}"),
+            )
+            .await?,
+        );
     }
     for process in &mut processes {
         let _ = process.running.terminate();
@@ -118,7 +143,12 @@ pub async fn run(args: TurnsBenchArgs) -> anyhow::Result<()> {
 }
 
 /// `concurrency` players, each in a session of its own, turn after turn for `duration`.
-async fn play(client: OrchestratorClient<Channel>, concurrency: usize, duration: Duration, label: &str) -> anyhow::Result<RunResult> {
+async fn play(
+    client: OrchestratorClient<Channel>,
+    concurrency: usize,
+    duration: Duration,
+    label: &str,
+) -> anyhow::Result<RunResult> {
     let started = Instant::now();
     let deadline = started + duration;
     let mut players = JoinSet::new();
@@ -165,8 +195,14 @@ async fn play(client: OrchestratorClient<Channel>, concurrency: usize, duration:
 /// The three engines back to back in this process: the work a turn needs without any
 /// orchestration.
 fn baseline(worlds_dir: &std::path::Path, duration: Duration) -> anyhow::Result<(f64, Latencies)> {
-    let worlds: Vec<Arc<World>> = World::load_dir(worlds_dir)?.into_iter().map(Arc::new).collect();
-    let world_id = worlds.first().map(|world| world.id().to_owned()).context("no world files")?;
+    let worlds: Vec<Arc<World>> = World::load_dir(worlds_dir)?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let world_id = worlds
+        .first()
+        .map(|world| world.id().to_owned())
+        .context("no world files")?;
     let mut pipeline = Vec::new();
     for agent in tta_types::AgentType::BUILT_IN {
         pipeline.push(engines::builtin(&agent, &worlds)?.context("no built-in engine")?);
@@ -189,7 +225,9 @@ fn baseline(worlds_dir: &std::path::Path, duration: Duration) -> anyhow::Result<
         };
         for engine in &pipeline {
             let outcome = match engine.agent_type() {
-                tta_types::AgentType::Wba => engine.run(&task, EngineState::World(state.as_ref()))?,
+                tta_types::AgentType::Wba => {
+                    engine.run(&task, EngineState::World(state.as_ref()))?
+                }
                 _ => engine.run(&task, EngineState::Stateless)?,
             };
             if outcome.world_state.is_some() {
@@ -236,13 +274,23 @@ fn report(args: &TurnsBenchArgs, baseline: (f64, Latencies), runs: Vec<RunResult
         println!("{object}");
         return;
     }
-    println!("turn bench: built-in agents through broker, gateway and workers (separate processes)");
-    println!("{:>11} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9}", "sessions", "turns", "turns/s", "p50 ms", "p95 ms", "p99 ms", "degraded");
+    println!(
+        "turn bench: built-in agents through broker, gateway and workers (separate processes)"
+    );
+    println!(
+        "{:>11} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "sessions", "turns", "turns/s", "p50 ms", "p95 ms", "p99 ms", "degraded"
+    );
     for row in object["runs"].as_array().into_iter().flatten() {
         println!(
             "{:>11} {:>9} {:>11} {:>9.3} {:>9.3} {:>9.3} {:>9}",
-            row["concurrency"], row["turns"], row["turns_per_s"], row["p50_ms"].as_f64().unwrap_or_default(),
-            row["p95_ms"].as_f64().unwrap_or_default(), row["p99_ms"].as_f64().unwrap_or_default(), row["degraded"]
+            row["concurrency"],
+            row["turns"],
+            row["turns_per_s"],
+            row["p50_ms"].as_f64().unwrap_or_default(),
+            row["p95_ms"].as_f64().unwrap_or_default(),
+            row["p99_ms"].as_f64().unwrap_or_default(),
+            row["degraded"]
         );
     }
     let base = &object["baseline"];
