@@ -76,12 +76,25 @@ impl Dispatcher {
             priority: pb::Priority::High,
             headers: HashMap::new(),
         };
+        let (session, turn, step) = (
+            task.session_id.clone(),
+            task.turn_id.clone(),
+            task.step_id.clone(),
+        );
         let outcome = match self.publisher.publish(message).await {
             Err(status) => Err(DispatchError::Publish(status)),
-            Ok(_) => match tokio::time::timeout(timeout, receiver).await {
-                Ok(Ok(result)) => Ok(result),
-                _ => Err(DispatchError::Timeout),
-            },
+            Ok(_) => {
+                // The result may have arrived before the waiter existed (a retried turn whose
+                // task was answered while no gateway waited): it is stored before it is acked,
+                // and the waiter was registered before this read, so nothing falls between.
+                match self.store.step_result(&session, &turn, &step).await {
+                    Ok(Some(result)) => Ok(result),
+                    _ => match tokio::time::timeout(timeout, receiver).await {
+                        Ok(Ok(result)) => Ok(result),
+                        _ => Err(DispatchError::Timeout),
+                    },
+                }
+            }
         };
         if let Ok(mut waiters) = self.waiters.lock() {
             waiters.remove(&task_id);

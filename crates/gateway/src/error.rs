@@ -24,11 +24,7 @@ pub enum Error {
 
 impl From<redis::RedisError> for Error {
     fn from(err: redis::RedisError) -> Self {
-        if err.is_io_error()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || err.is_timeout()
-        {
+        if tta_runtime::redis::is_unavailable(&err) {
             Error::Unavailable(err.to_string())
         } else {
             Error::Internal(format!("redis: {err}"))

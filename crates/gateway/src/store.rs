@@ -263,6 +263,25 @@ impl Store {
             .collect()
     }
 
+    /// The stored result of one step, if it arrived.
+    pub async fn step_result(
+        &self,
+        session: &str,
+        turn: &str,
+        step: &str,
+    ) -> Result<Option<pb::AgentResult>, Error> {
+        let raw: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.run_key(session, turn))
+            .arg(format!("step:{step}"))
+            .query_async(&mut self.connection())
+            .await?;
+        raw.map(|bytes| {
+            pb::AgentResult::decode(bytes.as_slice())
+                .map_err(|err| Error::Corrupt(format!("step {step}: {err}")))
+        })
+        .transpose()
+    }
+
     /// Records a step result; the first one stored for a step wins (a redelivered task may
     /// answer twice).
     pub async fn record_step(&self, result: &pb::AgentResult) -> Result<(), Error> {

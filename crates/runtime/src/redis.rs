@@ -47,6 +47,15 @@ pub fn pool(config: &RedisConfig) -> Result<Pool, Error> {
         .map_err(|err| Error::Pool(err.to_string()))
 }
 
+/// Whether an error means Redis is out of reach (worth a retry with backoff, `UNAVAILABLE`)
+/// rather than a command Redis refused.
+pub fn is_unavailable(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+}
+
 /// Round-trips a `PING`; the readiness check of every Redis-backed service.
 pub async fn ping(pool: &Pool) -> Result<(), String> {
     let mut connection = pool

@@ -89,6 +89,13 @@ async fn check_lifecycle(expectation: &Expectation, redis_url: String) -> anyhow
         &[
             ("TTA_REDIS_URL", redis_url),
             ("TTA_REDIS__KEY_PREFIX", unique_prefix(expectation.binary)),
+            (
+                "TTA_AGENTS__WORLDS_DIR",
+                tta_e2e::repository_root()
+                    .join("deploy/worlds")
+                    .display()
+                    .to_string(),
+            ),
         ],
     )?;
 

@@ -51,6 +51,22 @@ impl Session {
     }
 }
 
+/// The session's world version, as the gateway reports it.
+async fn session_version(
+    client: &mut OrchestratorClient<Channel>,
+    session: &str,
+) -> anyhow::Result<u64> {
+    Ok(client
+        .get_session(pb::GetSessionRequest {
+            session_id: session.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .session
+        .context("no session")?
+        .version)
+}
+
 fn world(response: &pb::ProcessUserInputResponse) -> anyhow::Result<&pb::WorldSummary> {
     response
         .world
@@ -158,16 +174,7 @@ async fn a_ten_turn_session_plays_coherently_and_its_world_changes_persist() -> 
     while session.turns < 10 {
         session.say("look").await?;
     }
-    let version_before_replay = session
-        .client
-        .get_session(pb::GetSessionRequest {
-            session_id: session.id.clone(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?
-        .version;
+    let version_before_replay = session_version(&mut session.client, &session.id).await?;
     ensure!(
         version_before_replay >= 2,
         "the world version should count the changes, got {version_before_replay}"
@@ -191,16 +198,7 @@ async fn a_ten_turn_session_plays_coherently_and_its_world_changes_persist() -> 
         replay.text == taken.text,
         "the replay differs from the first answer"
     );
-    let version_after_replay = session
-        .client
-        .get_session(pb::GetSessionRequest {
-            session_id: session.id.clone(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?
-        .version;
+    let version_after_replay = session_version(&mut session.client, &session.id).await?;
     ensure!(
         version_after_replay == version_before_replay,
         "a replay must not apply the turn again"
@@ -352,16 +350,7 @@ async fn a_gateway_killed_mid_turn_and_restarted_answers_the_retried_turn_once()
         .find(|exit| exit.open)
         .cloned()
         .context("no open exit")?;
-    let version_before = session
-        .client
-        .get_session(pb::GetSessionRequest {
-            session_id: session.id.clone(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?
-        .version;
+    let version_before = session_version(&mut session.client, &session.id).await?;
 
     // Hold the turn in its last step, kill the gateway, then let the step finish.
     let nga = stack
@@ -398,15 +387,7 @@ async fn a_gateway_killed_mid_turn_and_restarted_answers_the_retried_turn_once()
         "the second retry must replay the one result"
     );
 
-    let version_after = client
-        .get_session(pb::GetSessionRequest {
-            session_id: session.id.clone(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?
-        .version;
+    let version_after = session_version(&mut client, &session.id).await?;
     ensure!(
         version_after == version_before + 1,
         "the move must apply exactly once: {version_before} → {version_after}"
