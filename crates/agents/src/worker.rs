@@ -155,8 +155,8 @@ pub async fn heartbeat(
     shutdown: Shutdown,
 ) {
     let member = agent.to_string();
-    let key = keys.key(&["agents", &agent.agent_type.to_string(), &agent.instance]);
-    let index = keys.key(&["agents", "index"]);
+    let key = keys.agent(agent.agent_type.as_str(), &agent.instance);
+    let index = keys.agent_index();
     let info = pb::AgentInfo {
         id: Some(pb::AgentId::from(&agent)),
         capabilities,

@@ -1,28 +1,74 @@
 //! `GET /diagnostics`: what this gateway is, how long it has run, what it depends on and
-//! whether those dependencies answer — the first page an operator opens.
+//! whether those dependencies answer — the first page an operator opens; `GET /agents`: the
+//! agent registry with heartbeat ages.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 use tta_runtime::{Readiness, ServiceContext};
 use tta_types::Config;
+
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 struct DiagnosticsState {
     started: Instant,
     config: Arc<Config>,
     readiness: Readiness,
+    store: Store,
 }
 
-pub fn routes(context: &ServiceContext) -> Router {
+pub fn routes(context: &ServiceContext, store: Store) -> Router {
     Router::new()
         .route("/diagnostics", get(diagnostics))
+        .route("/agents", get(agents))
         .with_state(DiagnosticsState {
             started: Instant::now(),
             config: context.config.clone(),
             readiness: context.readiness.clone(),
+            store,
         })
+}
+
+/// `GET /agents`: the registered workers and how long ago each one last sent a heartbeat.
+async fn agents(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Value>) {
+    let agents = match state.store.agents().await {
+        Ok(agents) => agents,
+        Err(err) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "error": err.to_string() })),
+            );
+        }
+    };
+    let now = SystemTime::now();
+    let age = |at: &Option<prost_types::Timestamp>| {
+        at.as_ref()
+            .and_then(|at| SystemTime::try_from(*at).ok())
+            .and_then(|at| now.duration_since(at).ok())
+            .map(|age| age.as_secs_f64())
+    };
+    let mut listed: Vec<Value> = agents
+        .iter()
+        .map(|info| {
+            let id = info.id.clone().unwrap_or_default();
+            json!({
+                "agent_type": id.agent_type,
+                "instance": id.instance,
+                "topic": info.topic,
+                "capabilities": info.capabilities,
+                "version": info.version,
+                "uptime_seconds": age(&info.started_at),
+                "last_heartbeat_age_seconds": age(&info.last_heartbeat),
+            })
+        })
+        .collect();
+    listed.sort_by_key(|agent| format!("{}:{}", agent["agent_type"], agent["instance"]));
+    (StatusCode::OK, Json(json!({ "agents": listed })))
 }
 
 async fn diagnostics(State(state): State<DiagnosticsState>) -> Json<Value> {

@@ -49,6 +49,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
             .set_response_timeout(Some(Duration::from_secs(5))),
     )?;
     let store = store::Store::new(Keyspace::new(&config.redis.key_prefix), connection);
+    let registry = store.clone();
     let probe = store.clone();
     context
         .readiness
@@ -70,7 +71,9 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         group: "gateway".to_owned(),
         consumer: instance.clone(),
         prefetch: 256,
-        visibility_timeout: Some(Duration::from_secs(10)),
+        // Storing a result takes milliseconds; a short lease means results that reached a
+        // replica just before it crashed come back to it soon after its restart.
+        visibility_timeout: Some(Duration::from_secs(2)),
     };
     let turns = turn::TurnRunner::new(config.clone(), store, dispatcher.clone(), instance);
     let service = orchestrator::OrchestratorService::new(config.clone(), turns);
@@ -81,7 +84,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         .advertise(service_names::SAFETY);
     let mut parts = ServiceParts::default().with_grpc(grpc);
     if config.diagnostics.enabled {
-        parts = parts.with_admin_routes(diagnostics::routes(&context));
+        parts = parts.with_admin_routes(diagnostics::routes(&context, registry));
     }
     let shutdown = context.shutdown.clone();
     let handler = dispatcher.result_handler();

@@ -328,6 +328,41 @@ impl Store {
         }
     }
 
+    /// Every worker in the agent registry whose heartbeat has not expired; expired names are
+    /// dropped from the index on the way.
+    pub async fn agents(&self) -> Result<Vec<pb::AgentInfo>, Error> {
+        let index = self.keys.agent_index();
+        let mut connection = self.connection();
+        let names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&index)
+            .query_async(&mut connection)
+            .await?;
+        let mut agents = Vec::with_capacity(names.len());
+        for name in names {
+            let Some((agent_type, instance)) = name.split_once(':') else {
+                continue;
+            };
+            let raw: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(self.keys.agent(agent_type, instance))
+                .query_async(&mut connection)
+                .await?;
+            match raw.map(|bytes| pb::AgentInfo::decode(bytes.as_slice())) {
+                Some(Ok(info)) => agents.push(info),
+                Some(Err(err)) => {
+                    tracing::warn!(agent = %name, error = %err, "unreadable registry entry")
+                }
+                None => {
+                    let _: i64 = redis::cmd("SREM")
+                        .arg(&index)
+                        .arg(&name)
+                        .query_async(&mut connection)
+                        .await?;
+                }
+            }
+        }
+        Ok(agents)
+    }
+
     pub async fn ping(&self) -> Result<(), Error> {
         let _: String = redis::cmd("PING")
             .query_async(&mut self.connection())

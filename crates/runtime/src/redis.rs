@@ -109,6 +109,16 @@ impl Keyspace {
         key
     }
 
+    /// The agent registry entry of one worker instance (expires unless heartbeats refresh it).
+    pub fn agent(&self, agent_type: &str, instance: &str) -> String {
+        self.key(&["agents", agent_type, instance])
+    }
+
+    /// The set of registered `type:instance` names, for listing the registry.
+    pub fn agent_index(&self) -> String {
+        self.key(&["agents", "index"])
+    }
+
     /// `<prefix>:{tag}:a:b` — every key with the same tag lands in the same cluster slot.
     pub fn tagged(&self, tag: &str, parts: &[&str]) -> String {
         let mut key = format!("{}:{{{tag}}}", self.prefix);

@@ -85,6 +85,22 @@ async fn a_ten_turn_session_plays_coherently_and_its_world_changes_persist() -> 
         transcript: Vec::new(),
     };
 
+    // Every worker is in the registry, with a fresh heartbeat.
+    let (status, body) = tta_testkit::http_get(stack.gateway.admin, "/agents").await?;
+    ensure!(status == 200, "/agents answered {status}: {body}");
+    let registry: serde_json::Value = serde_json::from_str(&body)?;
+    let agents = registry["agents"].as_array().context("no agents list")?;
+    for agent_type in ["ipa", "wba", "nga"] {
+        let entry = agents
+            .iter()
+            .find(|agent| agent["agent_type"] == agent_type)
+            .with_context(|| format!("{agent_type} missing from /agents: {body}"))?;
+        let age = entry["last_heartbeat_age_seconds"]
+            .as_f64()
+            .context("no heartbeat age")?;
+        ensure!(age < 30.0, "{agent_type} heartbeat is {age} s old");
+    }
+
     let first = session.say("look around").await?;
     let start = world(&first)?.location_id.clone();
     ensure!(!start.is_empty(), "no starting location");
