@@ -80,6 +80,20 @@ impl Store {
         self.connection.clone()
     }
 
+    /// Runs a command that answers one stored protobuf message (or nothing) and decodes it;
+    /// `what` names it in the error if the bytes are not that message.
+    async fn fetch<M: Message + Default>(
+        &self,
+        command: redis::Cmd,
+        what: &str,
+    ) -> Result<Option<M>, Error> {
+        let raw: Option<Vec<u8>> = command.query_async(&mut self.connection()).await?;
+        raw.map(|bytes| {
+            M::decode(bytes.as_slice()).map_err(|err| Error::Corrupt(format!("{what}: {err}")))
+        })
+        .transpose()
+    }
+
     fn session_key(&self, session: &str) -> String {
         self.keys.tagged(session, &["session"])
     }
@@ -97,15 +111,9 @@ impl Store {
     }
 
     pub async fn load_session(&self, session: &str) -> Result<Option<pb::Session>, Error> {
-        let raw: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.session_key(session))
-            .query_async(&mut self.connection())
-            .await?;
-        raw.map(|bytes| {
-            pb::Session::decode(bytes.as_slice())
-                .map_err(|err| Error::Corrupt(format!("session {session}: {err}")))
-        })
-        .transpose()
+        let mut command = redis::cmd("GET");
+        command.arg(self.session_key(session));
+        self.fetch(command, &format!("session {session}")).await
     }
 
     pub async fn save_session(&self, session: &pb::Session) -> Result<(), Error> {
@@ -231,16 +239,9 @@ impl Store {
         session: &str,
         turn: &str,
     ) -> Result<Option<pb::ProcessUserInputResponse>, Error> {
-        let raw: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.run_key(session, turn))
-            .arg(RESPONSE_FIELD)
-            .query_async(&mut self.connection())
-            .await?;
-        raw.map(|bytes| {
-            pb::ProcessUserInputResponse::decode(bytes.as_slice())
-                .map_err(|err| Error::Corrupt(format!("turn {turn}: {err}")))
-        })
-        .transpose()
+        let mut command = redis::cmd("HGET");
+        command.arg(self.run_key(session, turn)).arg(RESPONSE_FIELD);
+        self.fetch(command, &format!("turn {turn}")).await
     }
 
     /// The results of steps that already finished in an earlier attempt of this turn.
@@ -270,16 +271,11 @@ impl Store {
         turn: &str,
         step: &str,
     ) -> Result<Option<pb::AgentResult>, Error> {
-        let raw: Option<Vec<u8>> = redis::cmd("HGET")
+        let mut command = redis::cmd("HGET");
+        command
             .arg(self.run_key(session, turn))
-            .arg(format!("step:{step}"))
-            .query_async(&mut self.connection())
-            .await?;
-        raw.map(|bytes| {
-            pb::AgentResult::decode(bytes.as_slice())
-                .map_err(|err| Error::Corrupt(format!("step {step}: {err}")))
-        })
-        .transpose()
+            .arg(format!("step:{step}"));
+        self.fetch(command, &format!("step {step}")).await
     }
 
     /// Records a step result; the first one stored for a step wins (a redelivered task may
