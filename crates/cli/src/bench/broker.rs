@@ -456,6 +456,38 @@ async fn collect(
     Ok(all)
 }
 
+/// Publishes `total` messages in batches of `batch`, with at most `in_flight` batches under
+/// way; `publish(count)` sends one batch. Shared by the broker and raw runs so both batch alike.
+async fn publish_in_batches<F, Fut>(
+    total: u64,
+    batch: usize,
+    in_flight: usize,
+    publish: F,
+) -> anyhow::Result<()>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut publishes = JoinSet::new();
+    let mut remaining = total;
+    while remaining > 0 {
+        let count = remaining.min(batch as u64);
+        remaining -= count;
+        let permit = semaphore.clone().acquire_owned().await?;
+        let sending = publish(count);
+        publishes.spawn(async move {
+            let result = sending.await;
+            drop(permit);
+            result
+        });
+    }
+    while let Some(joined) = publishes.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
 async fn broker_throughput(
     args: &BrokerBenchArgs,
     endpoint: &str,
@@ -473,17 +505,11 @@ async fn broker_throughput(
     .await?;
     let started = Instant::now();
     let client = connect_broker(endpoint).await?;
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.in_flight));
-    let mut publishes = JoinSet::new();
-    let mut remaining = args.messages;
-    while remaining > 0 {
-        let count = remaining.min(args.batch as u64);
-        remaining -= count;
-        let permit = semaphore.clone().acquire_owned().await?;
+    publish_in_batches(args.messages, args.batch, args.in_flight, |count| {
         let mut client = client.clone();
         let size = args.size;
         let topic = topic.to_owned();
-        publishes.spawn(async move {
+        async move {
             let messages = (0..count)
                 .map(|_| {
                     let mut payload = vec![0u8; size];
@@ -499,21 +525,17 @@ async fn broker_throughput(
                 .publish_batch(pb::PublishBatchRequest { messages })
                 .await?
                 .into_inner();
-            drop(permit);
             if let Some(failed) = response.results.iter().find(|result| result.code != 0) {
                 bail!("publish failed: {}", failed.error);
             }
             Ok(())
-        });
-    }
-    while let Some(joined) = publishes.join_next().await {
-        joined??;
-    }
-    let latencies = collect(consumers, args.messages).await?;
+        }
+    })
+    .await?;
     Ok(RunResult {
         messages: args.messages,
+        latencies: collect(consumers, args.messages).await?,
         elapsed: started.elapsed(),
-        latencies,
     })
 }
 
@@ -692,17 +714,11 @@ async fn raw_throughput(
     .await?;
     let started = Instant::now();
     let connection = raw_connection(url).await?;
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.in_flight));
-    let mut publishes = JoinSet::new();
-    let mut remaining = args.messages;
-    while remaining > 0 {
-        let count = remaining.min(args.batch as u64);
-        remaining -= count;
-        let permit = semaphore.clone().acquire_owned().await?;
+    publish_in_batches(args.messages, args.batch, args.in_flight, |count| {
         let mut connection = connection.clone();
         let stream = stream.to_owned();
         let size = args.size;
-        publishes.spawn(async move {
+        async move {
             let mut pipe = redis::pipe();
             for _ in 0..count {
                 let mut payload = vec![0u8; size];
@@ -715,18 +731,14 @@ async fn raw_throughput(
                     .ignore();
             }
             let _: () = pipe.query_async(&mut connection).await?;
-            drop(permit);
-            Ok::<_, anyhow::Error>(())
-        });
-    }
-    while let Some(joined) = publishes.join_next().await {
-        joined??;
-    }
-    let latencies = collect(consumers, args.messages).await?;
+            Ok(())
+        }
+    })
+    .await?;
     Ok(RunResult {
         messages: args.messages,
+        latencies: collect(consumers, args.messages).await?,
         elapsed: started.elapsed(),
-        latencies,
     })
 }
 
