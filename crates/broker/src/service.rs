@@ -159,6 +159,21 @@ impl BrokerService {
     }
 }
 
+/// Dead-letter ids are stream entry ids (`<ms>-<seq>`).
+fn check_dead_letter_id(field: &str, id: &str) -> Result<(), FieldViolation> {
+    match crate::envelope::entry_id_millis(id) {
+        Some(_) => Ok(()),
+        None => Err(FieldViolation::new(field, "is not a dead-letter id")),
+    }
+}
+
+fn check_dead_letter_ids(ids: &[String]) -> Result<(), FieldViolation> {
+    for (index, id) in ids.iter().enumerate() {
+        check_dead_letter_id(&format!("ids[{index}]"), id)?;
+    }
+    Ok(())
+}
+
 fn check_headers(field: &str, headers: &HashMap<String, String>) -> Result<(), FieldViolation> {
     if headers.len() > MAX_HEADERS {
         return Err(FieldViolation::new(
@@ -543,9 +558,7 @@ impl Broker for BrokerService {
     ) -> Result<Response<pb::GetDeadLetterResponse>, Status> {
         let request = request.into_inner();
         check_name("topic", &request.topic)?;
-        if crate::envelope::entry_id_millis(&request.id).is_none() {
-            return Err(FieldViolation::new("id", "is not a dead-letter id").into());
-        }
+        check_dead_letter_id("id", &request.id)?;
         let letter = self
             .engine
             .dead_letter(&request.topic, &request.id)
@@ -580,15 +593,7 @@ impl Broker for BrokerService {
             }
             _ => {}
         }
-        for (index, id) in request.ids.iter().enumerate() {
-            if crate::envelope::entry_id_millis(id).is_none() {
-                return Err(FieldViolation::new(
-                    format!("ids[{index}]"),
-                    "is not a dead-letter id",
-                )
-                .into());
-            }
-        }
+        check_dead_letter_ids(&request.ids)?;
         let priority = match request.priority {
             0 => None,
             raw => Some(priority_from_proto("priority", raw)?),
@@ -636,15 +641,7 @@ impl Broker for BrokerService {
             )
             .into());
         }
-        for (index, id) in request.ids.iter().enumerate() {
-            if crate::envelope::entry_id_millis(id).is_none() {
-                return Err(FieldViolation::new(
-                    format!("ids[{index}]"),
-                    "is not a dead-letter id",
-                )
-                .into());
-            }
-        }
+        check_dead_letter_ids(&request.ids)?;
         let older_than = request.older_than.as_ref().map(timestamp_to_millis);
         let purged = self
             .engine
