@@ -32,6 +32,19 @@ impl From<redis::RedisError> for Error {
     }
 }
 
+impl From<tta_safety::Error> for Error {
+    fn from(err: tta_safety::Error) -> Self {
+        match err {
+            tta_safety::Error::InvalidArgument(violation) => Error::Invalid(violation),
+            tta_safety::Error::Storage(reason) => Error::Unavailable(reason),
+            tta_safety::Error::EscalationNotFound(id) => {
+                Error::NotFound(format!("escalation {id} not found"))
+            }
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
 impl ServiceError for Error {
     fn error_code(&self) -> ErrorCode {
         match self {

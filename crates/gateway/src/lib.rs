@@ -1,19 +1,25 @@
 //! The orchestrator gateway: the public `tta.v1.Orchestrator` API that other TTA services call.
 //! It runs each player turn as a workflow of agent steps through the broker, keeps sessions and
-//! run records in Redis, and serves the JSON `/diagnostics` endpoint. The agent registry and
-//! the safety service are advertised here and arrive with their capabilities.
+//! run records in Redis, serves `tta.v1.Safety` (classification, rule reloads, escalations) and
+//! the JSON `/diagnostics` endpoint. The agent registry is advertised here and arrives with its
+//! capability.
 
 mod diagnostics;
 pub mod dispatch;
 pub mod error;
+pub mod guard;
 pub mod orchestrator;
+pub mod safety;
 pub mod store;
 pub mod turn;
 
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tta_proto::{service_names, v1::orchestrator_server::OrchestratorServer};
+use tta_proto::{
+    service_names,
+    v1::{orchestrator_server::OrchestratorServer, safety_server::SafetyServer},
+};
 use tta_runtime::{
     BoxError, GrpcServer, ServiceContext, ServiceParts,
     messaging::{self, Publisher, Subscription},
@@ -48,7 +54,13 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
             .set_connection_timeout(Some(config.redis.connect_timeout))
             .set_response_timeout(Some(Duration::from_secs(5))),
     )?;
-    let store = store::Store::new(Keyspace::new(&config.redis.key_prefix), connection);
+    let keys = Keyspace::new(&config.redis.key_prefix);
+    let store = store::Store::new(keys.clone(), connection);
+    let guard = guard::SafetyGuard::load(
+        &config.safety,
+        tta_runtime::redis::pool(&config.redis)?,
+        &keys,
+    )?;
     let registry = store.clone();
     let probe = store.clone();
     context
@@ -75,21 +87,34 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         // replica just before it crashed come back to it soon after its restart.
         visibility_timeout: Some(Duration::from_secs(2)),
     };
-    let turns = turn::TurnRunner::new(config.clone(), store, dispatcher.clone(), instance);
+    let safety = safety::SafetyService::new(guard.clone(), store.clone());
+    let turns = turn::TurnRunner::new(
+        config.clone(),
+        store,
+        dispatcher.clone(),
+        guard.clone(),
+        instance,
+    );
     let service = orchestrator::OrchestratorService::new(config.clone(), turns);
 
     let grpc = GrpcServer::new(context.kind.name())
         .add_service(OrchestratorServer::new(service))
-        .advertise(service_names::AGENT_REGISTRY)
-        .advertise(service_names::SAFETY);
+        .add_service(SafetyServer::new(safety))
+        .advertise(service_names::AGENT_REGISTRY);
     let mut parts = ServiceParts::default().with_grpc(grpc);
     if config.diagnostics.enabled {
         parts = parts.with_admin_routes(diagnostics::routes(&context, registry));
     }
     let shutdown = context.shutdown.clone();
     let handler = dispatcher.result_handler();
-    Ok(parts.with_task("agent-results", async move {
-        messaging::consume(publisher, results, handler, shutdown).await;
-        Ok(())
-    }))
+    let rules_shutdown = context.shutdown.clone();
+    Ok(parts
+        .with_task("agent-results", async move {
+            messaging::consume(publisher, results, handler, shutdown).await;
+            Ok(())
+        })
+        .with_task("safety-rules", async move {
+            guard.watch_rules(rules_shutdown.wait()).await;
+            Ok(())
+        }))
 }

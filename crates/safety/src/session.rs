@@ -32,20 +32,25 @@ use crate::{
 pub trait SessionMemory: Send + Sync + std::fmt::Debug {
     /// Records one signal at `at` and returns how many signals (this one included) fall within
     /// `window` before `at`. Entries older than the window may be forgotten; all of the session's
-    /// memory may expire `ttl` after its last signal.
+    /// memory may expire `ttl` after its last signal. A signal recorded again for the same
+    /// `occasion` (a turn retried after a crash) counts once; `None` is a new occasion each time.
     fn record_signal<'a>(
         &'a self,
         session: &'a SessionId,
+        occasion: Option<&'a str>,
         at: SystemTime,
         window: Duration,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<u32, Error>>;
 
     /// Claims the session's escalation slot: true when no escalation was claimed within
-    /// `cooldown` before `at` (and the slot is now taken), false otherwise.
+    /// `cooldown` before `at` (and the slot is now taken), or when the same `occasion` holds it
+    /// already — so a turn retried after a crash between claim and escalation still escalates.
+    /// False otherwise.
     fn claim_escalation<'a>(
         &'a self,
         session: &'a SessionId,
+        occasion: Option<&'a str>,
         at: SystemTime,
         cooldown: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>>;
@@ -53,8 +58,8 @@ pub trait SessionMemory: Send + Sync + std::fmt::Debug {
 
 #[derive(Debug, Default)]
 struct SessionState {
-    signals: Vec<SystemTime>,
-    last_escalation: Option<SystemTime>,
+    signals: Vec<(SystemTime, String)>,
+    last_escalation: Option<(SystemTime, String)>,
 }
 
 /// Session memory inside this process: for tests, the CLI and single-process setups. State is
@@ -80,15 +85,17 @@ impl SessionMemory for InMemorySessionMemory {
     fn record_signal<'a>(
         &'a self,
         session: &'a SessionId,
+        occasion: Option<&'a str>,
         at: SystemTime,
         window: Duration,
         _ttl: Duration,
     ) -> BoxFuture<'a, Result<u32, Error>> {
+        let occasion = occasion_or_unique(occasion, at);
         let count = self.with_state(session, |state| {
-            state
-                .signals
-                .retain(|&signal| at.duration_since(signal).unwrap_or_default() < window);
-            state.signals.push(at);
+            state.signals.retain(|(signal, seen)| {
+                *seen != occasion && at.duration_since(*signal).unwrap_or_default() < window
+            });
+            state.signals.push((at, occasion));
             u32::try_from(state.signals.len()).unwrap_or(u32::MAX)
         });
         Box::pin(async move { Ok(count) })
@@ -97,15 +104,17 @@ impl SessionMemory for InMemorySessionMemory {
     fn claim_escalation<'a>(
         &'a self,
         session: &'a SessionId,
+        occasion: Option<&'a str>,
         at: SystemTime,
         cooldown: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
+        let occasion = occasion_or_unique(occasion, at);
         let claimed = self.with_state(session, |state| {
-            let free = state
-                .last_escalation
-                .is_none_or(|last| at.duration_since(last).unwrap_or_default() >= cooldown);
+            let free = state.last_escalation.as_ref().is_none_or(|(last, holder)| {
+                *holder == occasion || at.duration_since(*last).unwrap_or_default() >= cooldown
+            });
             if free {
-                state.last_escalation = Some(at);
+                state.last_escalation = Some((at, occasion));
             }
             free
         });
@@ -122,6 +131,13 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return redis.call('ZCOUNT', KEYS[1], '(' .. (tonumber(ARGV[1]) - tonumber(ARGV[2])), '+inf')
 ";
 
+/// Takes the escalation slot unless another occasion holds it; the holder itself may claim again.
+const CLAIM_ESCALATION: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+";
+
 /// Session memory in Redis: a sorted set of signal times at `<prefix>:{<session>}:safety` and an
 /// escalation claim at `<prefix>:{<session>}:safety:escalated` (same hash tag, same cluster slot),
 /// both expiring on their own.
@@ -129,7 +145,8 @@ return redis.call('ZCOUNT', KEYS[1], '(' .. (tonumber(ARGV[1]) - tonumber(ARGV[2
 pub struct RedisSessionMemory {
     pool: RedisPool,
     keys: Keyspace,
-    script: Arc<redis::Script>,
+    record_script: Arc<redis::Script>,
+    claim_script: Arc<redis::Script>,
 }
 
 impl RedisSessionMemory {
@@ -137,7 +154,8 @@ impl RedisSessionMemory {
         Self {
             pool,
             keys,
-            script: Arc::new(redis::Script::new(RECORD_SIGNAL)),
+            record_script: Arc::new(redis::Script::new(RECORD_SIGNAL)),
+            claim_script: Arc::new(redis::Script::new(CLAIM_ESCALATION)),
         }
     }
 
@@ -165,34 +183,39 @@ fn duration_millis(duration: Duration) -> u64 {
         .max(1)
 }
 
-/// A member unique across processes for signals recorded in the same millisecond.
-fn signal_member(at_ms: u64) -> String {
+/// The occasion's name, or one unique across processes (even within one millisecond) when the
+/// caller has none.
+fn occasion_or_unique(occasion: Option<&str>, at: SystemTime) -> String {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{at_ms}-{}-{}",
-        std::process::id(),
-        SEQUENCE.fetch_add(1, Ordering::Relaxed)
-    )
+    match occasion {
+        Some(occasion) => occasion.to_owned(),
+        None => format!(
+            "{}-{}-{}",
+            millis(at),
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        ),
+    }
 }
 
 impl SessionMemory for RedisSessionMemory {
     fn record_signal<'a>(
         &'a self,
         session: &'a SessionId,
+        occasion: Option<&'a str>,
         at: SystemTime,
         window: Duration,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<u32, Error>> {
         Box::pin(async move {
             let mut connection = self.pool.get().await?;
-            let at_ms = millis(at);
             let count: u32 = self
-                .script
+                .record_script
                 .key(self.signals_key(session))
-                .arg(at_ms)
+                .arg(millis(at))
                 .arg(duration_millis(window))
                 .arg(duration_millis(ttl))
-                .arg(signal_member(at_ms))
+                .arg(occasion_or_unique(occasion, at))
                 .invoke_async(&mut connection)
                 .await?;
             Ok(count)
@@ -202,21 +225,39 @@ impl SessionMemory for RedisSessionMemory {
     fn claim_escalation<'a>(
         &'a self,
         session: &'a SessionId,
+        occasion: Option<&'a str>,
         at: SystemTime,
         cooldown: Duration,
     ) -> BoxFuture<'a, Result<bool, Error>> {
         Box::pin(async move {
             let mut connection = self.pool.get().await?;
-            let reply: Option<String> = redis::cmd("SET")
-                .arg(self.escalation_key(session))
-                .arg(millis(at))
-                .arg("NX")
-                .arg("PX")
+            let claimed: u32 = self
+                .claim_script
+                .key(self.escalation_key(session))
+                .arg(occasion_or_unique(occasion, at))
                 .arg(duration_millis(cooldown))
-                .query_async(&mut connection)
+                .invoke_async(&mut connection)
                 .await?;
-            Ok(reply.is_some())
+            Ok(claimed == 1)
         })
+    }
+}
+
+/// What a judgement in a session is about: the session, and the turn when there is one, so a
+/// turn retried after a crash counts and escalates once.
+#[derive(Debug, Clone, Copy)]
+pub struct Occasion<'a> {
+    pub session: &'a SessionId,
+    pub turn: Option<&'a str>,
+}
+
+impl<'a> Occasion<'a> {
+    /// A judgement outside any turn: each one is an occasion of its own.
+    pub fn untracked(session: &'a SessionId) -> Self {
+        Self {
+            session,
+            turn: None,
+        }
     }
 }
 
@@ -237,7 +278,7 @@ pub struct SessionVerdict {
 pub async fn assess_in_session(
     engine: &SafetyEngine,
     memory: &dyn SessionMemory,
-    session: &SessionId,
+    occasion: Occasion<'_>,
     text: &str,
     source: Source,
     policy: &SessionPolicy,
@@ -248,7 +289,13 @@ pub async fn assess_in_session(
     let mut recent_signals = 0;
     if source == Source::User && assessment.level >= rules.signal_at {
         recent_signals = memory
-            .record_signal(session, now, rules.window, rules.ttl)
+            .record_signal(
+                occasion.session,
+                occasion.turn,
+                now,
+                rules.window,
+                rules.ttl,
+            )
             .await?;
         if recent_signals >= rules.escalate_after && assessment.level < rules.raise_to {
             assessment.level = rules.raise_to;
@@ -260,7 +307,12 @@ pub async fn assess_in_session(
     let reason = EscalationReason::for_assessment(&assessment);
     let escalate = match reason {
         Some(reason) => memory
-            .claim_escalation(session, now, rules.escalation_cooldown)
+            .claim_escalation(
+                occasion.session,
+                occasion.turn,
+                now,
+                rules.escalation_cooldown,
+            )
             .await?
             .then_some(reason),
         None => None,
@@ -282,20 +334,77 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn in_memory_occasions_count_once_and_keep_their_claim() {
+        let memory = InMemorySessionMemory::default();
+        let s = session("s1");
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let window = Duration::from_secs(60);
+        let ttl = Duration::from_secs(600);
+        let turn = Some("t1");
+        assert_eq!(
+            memory
+                .record_signal(&s, turn, t0, window, ttl)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            memory
+                .record_signal(&s, turn, t0, window, ttl)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            memory
+                .record_signal(&s, Some("t2"), t0, window, ttl)
+                .await
+                .unwrap(),
+            2
+        );
+        assert!(memory.claim_escalation(&s, turn, t0, window).await.unwrap());
+        assert!(memory.claim_escalation(&s, turn, t0, window).await.unwrap());
+        assert!(
+            !memory
+                .claim_escalation(&s, Some("t2"), t0, window)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
     async fn the_in_memory_window_forgets_old_signals() {
         let memory = InMemorySessionMemory::default();
         let s = session("s1");
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let window = Duration::from_secs(60);
         let ttl = Duration::from_secs(600);
-        assert_eq!(memory.record_signal(&s, t0, window, ttl).await.unwrap(), 1);
-        let t1 = t0 + Duration::from_secs(30);
-        assert_eq!(memory.record_signal(&s, t1, window, ttl).await.unwrap(), 2);
-        let t2 = t0 + Duration::from_secs(75);
-        assert_eq!(memory.record_signal(&s, t2, window, ttl).await.unwrap(), 2);
         assert_eq!(
             memory
-                .record_signal(&session("other"), t2, window, ttl)
+                .record_signal(&s, None, t0, window, ttl)
+                .await
+                .unwrap(),
+            1
+        );
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(
+            memory
+                .record_signal(&s, None, t1, window, ttl)
+                .await
+                .unwrap(),
+            2
+        );
+        let t2 = t0 + Duration::from_secs(75);
+        assert_eq!(
+            memory
+                .record_signal(&s, None, t2, window, ttl)
+                .await
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            memory
+                .record_signal(&session("other"), None, t2, window, ttl)
                 .await
                 .unwrap(),
             1
@@ -308,11 +417,26 @@ mod tests {
         let s = session("s1");
         let t0 = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let cooldown = Duration::from_secs(600);
-        assert!(memory.claim_escalation(&s, t0, cooldown).await.unwrap());
+        assert!(
+            memory
+                .claim_escalation(&s, None, t0, cooldown)
+                .await
+                .unwrap()
+        );
         let soon = t0 + Duration::from_secs(10);
-        assert!(!memory.claim_escalation(&s, soon, cooldown).await.unwrap());
+        assert!(
+            !memory
+                .claim_escalation(&s, None, soon, cooldown)
+                .await
+                .unwrap()
+        );
         let later = t0 + cooldown;
-        assert!(memory.claim_escalation(&s, later, cooldown).await.unwrap());
+        assert!(
+            memory
+                .claim_escalation(&s, None, later, cooldown)
+                .await
+                .unwrap()
+        );
     }
 
     #[tokio::test]
@@ -332,9 +456,17 @@ mod tests {
         for (minute, line) in lines.iter().enumerate() {
             let at = t0 + Duration::from_secs(60 * minute as u64);
             verdicts.push(
-                assess_in_session(&engine, &memory, &s, line, Source::User, &policy, at)
-                    .await
-                    .unwrap(),
+                assess_in_session(
+                    &engine,
+                    &memory,
+                    Occasion::untracked(&s),
+                    line,
+                    Source::User,
+                    &policy,
+                    at,
+                )
+                .await
+                .unwrap(),
             );
         }
         assert_eq!(verdicts[0].assessment.level, Level::Moderate);
@@ -362,7 +494,7 @@ mod tests {
             let verdict = assess_in_session(
                 &engine,
                 &memory,
-                &s,
+                Occasion::untracked(&s),
                 "i feel hopeless",
                 Source::User,
                 &SessionPolicy::default(),
@@ -382,14 +514,22 @@ mod tests {
         let s = session("player-9");
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
         let policy = SessionPolicy::default();
-        let verdict = assess_in_session(&engine, &memory, &s, "kms", Source::User, &policy, now)
-            .await
-            .unwrap();
+        let verdict = assess_in_session(
+            &engine,
+            &memory,
+            Occasion::untracked(&s),
+            "kms",
+            Source::User,
+            &policy,
+            now,
+        )
+        .await
+        .unwrap();
         assert_eq!(verdict.escalate, Some(EscalationReason::Crisis));
         let agent = assess_in_session(
             &engine,
             &memory,
-            &session("player-10"),
+            Occasion::untracked(&session("player-10")),
             "You are worthless.",
             Source::Agent,
             &policy,

@@ -9,7 +9,7 @@ use tta_runtime::redis::Keyspace;
 use tta_safety::{
     SafetyEngine, SessionPolicy, Source,
     escalation::{EscalationEvent, EscalationReason, EscalationStore, ListFilter},
-    session::{RedisSessionMemory, SessionMemory, assess_in_session},
+    session::{Occasion, RedisSessionMemory, SessionMemory, assess_in_session},
 };
 use tta_testkit::{RedisServer, unique_prefix};
 use tta_types::{SessionId, config::RedisConfig};
@@ -36,11 +36,26 @@ async fn redis_session_memory_counts_signals_in_the_window_under_the_session_key
     let t0 = SystemTime::now();
     let window = Duration::from_secs(60);
     let ttl = Duration::from_secs(600);
-    assert_eq!(memory.record_signal(&s, t0, window, ttl).await.unwrap(), 1);
-    assert_eq!(memory.record_signal(&s, t0, window, ttl).await.unwrap(), 2);
+    assert_eq!(
+        memory
+            .record_signal(&s, None, t0, window, ttl)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        memory
+            .record_signal(&s, None, t0, window, ttl)
+            .await
+            .unwrap(),
+        2
+    );
     let later = t0 + Duration::from_secs(90);
     assert_eq!(
-        memory.record_signal(&s, later, window, ttl).await.unwrap(),
+        memory
+            .record_signal(&s, None, later, window, ttl)
+            .await
+            .unwrap(),
         1
     );
 
@@ -62,12 +77,76 @@ async fn redis_session_memory_allows_one_escalation_per_cooldown() {
     let s = session("s-2");
     let now = SystemTime::now();
     let cooldown = Duration::from_millis(300);
-    assert!(memory.claim_escalation(&s, now, cooldown).await.unwrap());
-    assert!(!memory.claim_escalation(&s, now, cooldown).await.unwrap());
+    assert!(
+        memory
+            .claim_escalation(&s, None, now, cooldown)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !memory
+            .claim_escalation(&s, None, now, cooldown)
+            .await
+            .unwrap()
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(
         memory
-            .claim_escalation(&s, SystemTime::now(), cooldown)
+            .claim_escalation(&s, None, SystemTime::now(), cooldown)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_retried_turn_counts_its_signal_once_and_keeps_its_escalation_claim() {
+    let server = RedisServer::start().unwrap();
+    let memory = RedisSessionMemory::new(pool(&server), Keyspace::new(&unique_prefix("retry")));
+    let s = session("s-3");
+    let now = SystemTime::now();
+    let window = Duration::from_secs(60);
+    let ttl = Duration::from_secs(600);
+    let cooldown = Duration::from_secs(60);
+    let turn = Some("turn-7");
+    assert_eq!(
+        memory
+            .record_signal(&s, turn, now, window, ttl)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        memory
+            .record_signal(&s, turn, now, window, ttl)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        memory
+            .record_signal(&s, Some("turn-8"), now, window, ttl)
+            .await
+            .unwrap(),
+        2
+    );
+
+    assert!(
+        memory
+            .claim_escalation(&s, turn, now, cooldown)
+            .await
+            .unwrap()
+    );
+    // The same turn, retried after a crash between claim and escalation, may claim again ...
+    assert!(
+        memory
+            .claim_escalation(&s, turn, now, cooldown)
+            .await
+            .unwrap()
+    );
+    // ... but another turn within the cool-down may not.
+    assert!(
+        !memory
+            .claim_escalation(&s, Some("turn-8"), now, cooldown)
             .await
             .unwrap()
     );
@@ -87,7 +166,7 @@ async fn a_crisis_in_a_session_is_escalated_listed_and_acknowledged_once() {
     let verdict = assess_in_session(
         &engine,
         &memory,
-        &s,
+        Occasion::untracked(&s),
         text,
         Source::User,
         &SessionPolicy::default(),

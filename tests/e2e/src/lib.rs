@@ -78,12 +78,26 @@ fn spawn(
     })
 }
 
+/// The built-in worker binaries, in turn order.
+pub const WORKERS: [&str; 3] = ["tta-ipa", "tta-wba", "tta-nga"];
+
 impl Stack {
     /// Starts the stack on `redis_url` with its own key prefix; `workers_per_agent` instances of
     /// each worker.
     pub async fn start(
         redis_url: &str,
         test: &str,
+        workers_per_agent: usize,
+    ) -> anyhow::Result<Self> {
+        Self::start_with(redis_url, test, &WORKERS, workers_per_agent).await
+    }
+
+    /// Like [`Stack::start`] with only the given worker binaries, for tests that stand in for
+    /// one agent themselves.
+    pub async fn start_with(
+        redis_url: &str,
+        test: &str,
+        worker_binaries: &[&'static str],
         workers_per_agent: usize,
     ) -> anyhow::Result<Self> {
         let prefix = tta_testkit::unique_prefix(test);
@@ -107,7 +121,7 @@ impl Stack {
         with_broker.push(("TTA_GATEWAY__TURN_TIMEOUT", "10s".to_owned()));
 
         let mut workers = Vec::new();
-        for binary in ["tta-ipa", "tta-wba", "tta-nga"] {
+        for &binary in worker_binaries {
             for _ in 0..workers_per_agent {
                 workers.push(spawn(binary, false, with_broker.clone())?);
             }
@@ -124,6 +138,17 @@ impl Stack {
             redis_url: redis_url.to_owned(),
             prefix,
         })
+    }
+
+    /// The broker's gRPC endpoint.
+    pub fn broker_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.broker
+                .grpc
+                .map(|addr| addr.to_string())
+                .unwrap_or_default()
+        )
     }
 
     pub fn gateway_url(&self) -> String {

@@ -31,6 +31,7 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     pub agents: AgentsConfig,
     pub diagnostics: DiagnosticsConfig,
+    pub safety: SafetyConfig,
 }
 
 /// Where state lives. Every key a service writes starts with `key_prefix`, so several stacks (or
@@ -426,6 +427,45 @@ pub struct DiagnosticsConfig {
 impl Default for DiagnosticsConfig {
     fn default() -> Self {
         Self { enabled: true }
+    }
+}
+
+/// Therapeutic safety (R5): where the rules and crisis resources come from, how agent output is
+/// repaired, and where escalations go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SafetyConfig {
+    /// Rule file (YAML); unset means the rules built into the binaries (`deploy/safety/rules.yaml`).
+    pub rules_file: Option<PathBuf>,
+    /// Crisis messages and resources by locale (YAML); unset means the built-in
+    /// `deploy/safety/resources.yaml`.
+    pub resources_file: Option<PathBuf>,
+    /// How often the rule file is checked for changes; zero turns watching off (`ReloadRules`
+    /// still works).
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
+    /// Whether `Safety/ReloadRules` may change the rules in force.
+    pub allow_reload: bool,
+    /// Longest text `Safety/Classify` accepts.
+    pub max_text_bytes: ByteSize,
+    /// How many alternatives an agent is asked for when its reply is blocked, before the safe
+    /// fallback reply is used.
+    pub max_regenerations: u32,
+    /// Locale whose crisis resources are used when a session names none.
+    pub default_locale: String,
+}
+
+impl Default for SafetyConfig {
+    fn default() -> Self {
+        Self {
+            rules_file: None,
+            resources_file: None,
+            reload_interval: Duration::from_secs(5),
+            allow_reload: true,
+            max_text_bytes: ByteSize(16 * 1024),
+            max_regenerations: 2,
+            default_locale: "en-US".to_owned(),
+        }
     }
 }
 

@@ -235,6 +235,22 @@ impl Config {
             }
         }
 
+        c.check(
+            self.safety.max_text_bytes.bytes() >= 1,
+            "safety.max_text_bytes",
+            || "must be at least 1 byte".to_owned(),
+        );
+        c.check(
+            self.safety.max_regenerations <= 10,
+            "safety.max_regenerations",
+            || format!("must be at most 10, got {}", self.safety.max_regenerations),
+        );
+        c.check(
+            !self.safety.default_locale.trim().is_empty(),
+            "safety.default_locale",
+            || "must not be empty (e.g. \"en-US\")".to_owned(),
+        );
+
         self.check_distinct_addresses(&mut c);
 
         if c.0.is_empty() {
