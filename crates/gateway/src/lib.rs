@@ -12,6 +12,7 @@ pub mod orchestrator;
 pub mod safety;
 pub mod store;
 pub mod turn;
+pub mod workflow;
 
 use std::time::Duration;
 
