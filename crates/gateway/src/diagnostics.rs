@@ -1,6 +1,7 @@
 //! `GET /diagnostics`: what this gateway is, how long it has run, what it depends on and
-//! whether those dependencies answer — the first page an operator opens; `GET /agents`: the
-//! agent registry with heartbeat ages.
+//! whether those dependencies answer, and how each agent type and workflow has been doing
+//! (p50/p95/average step time, error rate, runs by outcome) — the first page an operator opens;
+//! `GET /agents`: the agent registry with heartbeat ages.
 
 use std::{
     sync::Arc,
@@ -90,5 +91,9 @@ async fn diagnostics(State(state): State<DiagnosticsState>) -> Json<Value> {
             "max_input_chars": config.gateway.max_input_chars,
             "turn_timeout_ms": config.gateway.turn_timeout.as_millis() as u64,
         },
+        // Figures of this replica over its most recent steps (Prometheus has them per replica
+        // and over time: tta_gateway_step_duration_seconds, tta_gateway_turns_total).
+        "agents": crate::stats::agents(),
+        "workflows": crate::stats::workflows(),
     }))
 }

@@ -60,6 +60,7 @@ impl Dispatcher {
         &self,
         mut task: pb::AgentTask,
         timeout: Duration,
+        priority: pb::Priority,
     ) -> Result<pb::AgentResult, DispatchError> {
         task.reply_topic = self.reply_topic.clone();
         let (sender, receiver) = oneshot::channel();
@@ -73,7 +74,7 @@ impl Dispatcher {
             idempotency_key: Some(format!("task.{}.{}", sanitize(&task_id), task.attempt)),
             payload: task.encode_to_vec(),
             content_type: TASK_CONTENT_TYPE.to_owned(),
-            priority: pb::Priority::High,
+            priority,
             headers: HashMap::new(),
         };
         let (session, turn, step) = (

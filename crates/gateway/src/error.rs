@@ -14,6 +14,8 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Busy(String),
+    #[error("{0}")]
+    Aborted(String),
     #[error("redis unavailable: {0}")]
     Unavailable(String),
     #[error("corrupt gateway data in redis: {0}")]
@@ -53,6 +55,7 @@ impl ServiceError for Error {
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::Busy(_) => ErrorCode::ResourceExhausted,
+            Error::Aborted(_) => ErrorCode::Aborted,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::Corrupt(_) | Error::Internal(_) => ErrorCode::Internal,
         }

@@ -7,14 +7,16 @@
 mod diagnostics;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod guard;
 pub mod orchestrator;
 pub mod safety;
+pub mod stats;
 pub mod store;
 pub mod turn;
 pub mod workflow;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tta_proto::{
@@ -22,7 +24,7 @@ use tta_proto::{
     v1::{orchestrator_server::OrchestratorServer, safety_server::SafetyServer},
 };
 use tta_runtime::{
-    BoxError, GrpcServer, ServiceContext, ServiceParts,
+    BoxError, ConfigFileError, GrpcServer, ServiceContext, ServiceParts,
     messaging::{self, Publisher, Subscription},
     redis::Keyspace,
 };
@@ -45,6 +47,59 @@ fn instance_name(context: &ServiceContext) -> String {
         .collect()
 }
 
+/// A step's time limit when its definition sets none (the prototype's agent default).
+const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How stale a replica's view of registered workflows may be.
+const WORKFLOW_REFRESH: Duration = Duration::from_secs(1);
+
+/// The built-in workflows and those of `gateway.workflows_file`, checked before the gateway
+/// starts: a bad file stops start-up naming the key and the offending field.
+fn workflow_seeds(
+    config: &tta_types::Config,
+    defaults: workflow::definition::Defaults,
+) -> Result<Vec<tta_proto::v1::WorkflowDefinition>, BoxError> {
+    let mut seeds = workflow::builtin::definitions();
+    if let Some(path) = &config.gateway.workflows_file {
+        let invalid = |reason: String| {
+            ConfigFileError::new(
+                "gateway.workflows_file",
+                format!("{}: {reason}", path.display()),
+            )
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|err| invalid(format!("cannot read: {err}")))?;
+        let definitions = workflow::json::definitions_from_yaml(&text).map_err(invalid)?;
+        for (i, definition) in definitions.iter().enumerate() {
+            workflow::definition::validate(definition, defaults)
+                .map_err(|violation| invalid(format!("workflows[{i}]: {violation}")))?;
+        }
+        seeds.extend(definitions);
+    }
+    Ok(seeds)
+}
+
+/// Stores the seed workflows, retrying while Redis is unreachable.
+async fn seed_until_stored(
+    workflows: &workflow::registry::WorkflowRegistry,
+    seeds: Vec<tta_proto::v1::WorkflowDefinition>,
+    shutdown: tta_runtime::Shutdown,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match workflows.seed(seeds.clone()).await {
+            Ok(()) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot store the workflows yet; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.wait() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Builds the service's parts from its context; `main` and the test kit both run it.
 pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     let config = context.config.clone();
@@ -56,12 +111,22 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
             .set_response_timeout(Some(Duration::from_secs(5))),
     )?;
     let keys = Keyspace::new(&config.redis.key_prefix);
+    let workflows = Arc::new(workflow::registry::WorkflowRegistry::new(
+        keys.clone(),
+        connection.clone(),
+        workflow::definition::Defaults {
+            total_timeout: config.gateway.turn_timeout,
+            step_timeout: DEFAULT_STEP_TIMEOUT,
+        },
+    ));
+    let seeds = workflow_seeds(&config, workflows.defaults())?;
     let store = store::Store::new(keys.clone(), connection);
     let guard = guard::SafetyGuard::load(
         &config.safety,
         tta_runtime::redis::pool(&config.redis)?,
         &keys,
-    )?;
+    )
+    .map_err(|err| ConfigFileError::new("safety", err.to_string()))?;
     let registry = store.clone();
     let probe = store.clone();
     context
@@ -94,6 +159,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         store,
         dispatcher.clone(),
         guard.clone(),
+        workflows.clone(),
         instance,
     );
     let service = orchestrator::OrchestratorService::new(config.clone(), turns);
@@ -109,7 +175,15 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     let shutdown = context.shutdown.clone();
     let handler = dispatcher.result_handler();
     let rules_shutdown = context.shutdown.clone();
+    let workflows_shutdown = context.shutdown.clone();
     Ok(parts
+        .with_task("workflows", async move {
+            seed_until_stored(&workflows, seeds, workflows_shutdown.clone()).await;
+            workflows
+                .refresh_every(WORKFLOW_REFRESH, workflows_shutdown.wait())
+                .await;
+            Ok(())
+        })
         .with_task("agent-results", async move {
             messaging::consume(publisher, results, handler, shutdown).await;
             Ok(())

@@ -10,8 +10,14 @@ use tta_types::{Config, FieldViolation, SessionId, TurnId, UserId};
 
 use crate::{
     error::Error,
-    turn::{COLLABORATIVE, TurnRequest, TurnRunner},
+    events::{self, EventSink},
+    turn::{TurnRequest, TurnRunner},
 };
+
+/// The contract's limits on `ProcessUserInputRequest.metadata`.
+const MAX_METADATA_ENTRIES: usize = 32;
+const MAX_METADATA_KEY_BYTES: usize = 64;
+const MAX_METADATA_VALUE_BYTES: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorService {
@@ -46,15 +52,27 @@ impl OrchestratorService {
         } else {
             TurnId::parse_field("turn_id", &request.turn_id)?
         };
-        if !request.workflow.is_empty() && request.workflow != COLLABORATIVE {
+        if request.metadata.len() > MAX_METADATA_ENTRIES {
             return Err(FieldViolation::new(
-                "workflow",
+                "metadata",
+                format!("must hold at most {MAX_METADATA_ENTRIES} entries"),
+            ));
+        }
+        if let Some((key, _)) = request.metadata.iter().find(|(key, value)| {
+            key.len() > MAX_METADATA_KEY_BYTES || value.len() > MAX_METADATA_VALUE_BYTES
+        }) {
+            return Err(FieldViolation::new(
+                format!("metadata[{key:?}]"),
                 format!(
-                    "unknown workflow {:?}; available: {COLLABORATIVE}",
-                    request.workflow
+                    "keys may have at most {MAX_METADATA_KEY_BYTES} bytes and values {MAX_METADATA_VALUE_BYTES}"
                 ),
             ));
         }
+        let priority = match pb::Priority::try_from(request.priority) {
+            Ok(pb::Priority::Unspecified) => pb::Priority::Normal,
+            Ok(priority) => priority,
+            Err(_) => return Err(FieldViolation::new("priority", "unknown priority")),
+        };
         Ok(TurnRequest {
             session_id,
             user_id,
@@ -66,6 +84,8 @@ impl OrchestratorService {
                 request.interaction_type
             },
             metadata: request.metadata,
+            workflow: request.workflow,
+            priority,
         })
     }
 }
@@ -88,76 +108,37 @@ fn check_world_id(world_id: &str) -> Result<(), FieldViolation> {
 
 type TurnEventStream = Pin<Box<dyn Stream<Item = Result<pb::TurnEvent, Status>> + Send>>;
 
-fn event(turn_id: &str, sequence: u32, event: pb::turn_event::Event) -> pb::TurnEvent {
-    pb::TurnEvent {
-        turn_id: turn_id.to_owned(),
-        sequence,
-        time: Some(prost_types::Timestamp::from(SystemTime::now())),
-        event: Some(event),
+impl OrchestratorService {
+    /// Steps naming an agent type no live worker serves (R8.1: such a step falls back at run
+    /// time). Informational: an unreadable registry yields no warnings, not an error.
+    async fn live_agent_warnings(
+        &self,
+        workflow: &crate::workflow::definition::Workflow,
+    ) -> Vec<String> {
+        let Ok(agents) = self.turns.store().agents().await else {
+            return Vec::new();
+        };
+        workflow
+            .definition
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| {
+                !agents.iter().any(|agent| {
+                    agent
+                        .id
+                        .as_ref()
+                        .is_some_and(|id| id.agent_type == step.agent_type)
+                })
+            })
+            .map(|(i, step)| {
+                format!(
+                    "steps[{i}].agent_type: no live agent of type {:?}",
+                    step.agent_type
+                )
+            })
+            .collect()
     }
-}
-
-/// The events of a finished turn, in the order a client expects them.
-fn events_of(response: &pb::ProcessUserInputResponse) -> Vec<pb::TurnEvent> {
-    use pb::turn_event::Event;
-    let turn = response.turn_id.as_str();
-    let mut events = vec![Event::Accepted(pb::TurnAccepted {
-        run_id: response.run_id.clone(),
-        session_id: response.session_id.clone(),
-        workflow: response.workflow.clone(),
-        workflow_version: response.workflow_version,
-        replayed: response.replayed,
-        expected_duration: None,
-    })];
-    for timing in &response.timings {
-        events.push(Event::StepStarted(pb::StepStarted {
-            step_id: timing.step_id.clone(),
-            agent_type: timing.agent_type.clone(),
-            attempt: timing.attempts,
-        }));
-        events.push(Event::StepFinished(pb::StepFinished {
-            timing: Some(timing.clone()),
-            error: String::new(),
-        }));
-    }
-    events.push(Event::SafetyVerdict(pb::SafetyVerdict {
-        assessment: response.safety.clone(),
-        source: pb::ContentSource::Agent as i32,
-        step_id: "nga".to_owned(),
-        replaced: response.degraded,
-    }));
-    let sentences = split_sentences(&response.text);
-    let last = sentences.len().saturating_sub(1);
-    for (index, text) in sentences.into_iter().enumerate() {
-        events.push(Event::NarrativeChunk(pb::NarrativeChunk {
-            index: index as u32,
-            text,
-            last: index == last,
-        }));
-    }
-    events.push(Event::Completed(pb::TurnCompleted {
-        response: Some(response.clone()),
-    }));
-    events
-        .into_iter()
-        .enumerate()
-        .map(|(sequence, kind)| event(turn, sequence as u32, kind))
-        .collect()
-}
-
-fn split_sentences(text: &str) -> Vec<String> {
-    let mut sentences = Vec::new();
-    let mut current = String::new();
-    for character in text.chars() {
-        current.push(character);
-        if matches!(character, '.' | '!' | '?') {
-            sentences.push(std::mem::take(&mut current));
-        }
-    }
-    if !current.trim().is_empty() {
-        sentences.push(current);
-    }
-    sentences
 }
 
 #[tonic::async_trait]
@@ -167,7 +148,9 @@ impl Orchestrator for OrchestratorService {
         request: Request<pb::ProcessUserInputRequest>,
     ) -> Result<Response<pb::ProcessUserInputResponse>, Status> {
         let turn = self.validate_turn(request.into_inner())?;
-        Ok(Response::new(self.turns.run(turn).await?))
+        Ok(Response::new(
+            self.turns.run(turn, &EventSink::default()).await?,
+        ))
     }
 
     type StreamTurnStream = TurnEventStream;
@@ -177,9 +160,17 @@ impl Orchestrator for OrchestratorService {
         request: Request<pb::ProcessUserInputRequest>,
     ) -> Result<Response<Self::StreamTurnStream>, Status> {
         let turn = self.validate_turn(request.into_inner())?;
-        let response = self.turns.run(turn).await?;
-        let events = events_of(&response).into_iter().map(Ok);
-        Ok(Response::new(Box::pin(tokio_stream::iter(events))))
+        let turn_id = turn.turn_id.to_string();
+        let (sink, receiver) = EventSink::channel();
+        let runner = self.turns.clone();
+        // The turn runs on its own task: a client that hangs up does not cancel it.
+        tokio::spawn(async move {
+            match runner.run(turn, &sink).await {
+                Ok(response) => sink.completed(&response),
+                Err(err) => sink.failed(&tonic::Status::from(err)),
+            }
+        });
+        Ok(Response::new(Box::pin(events::stream(turn_id, receiver))))
     }
 
     async fn get_turn(
@@ -300,43 +291,60 @@ impl Orchestrator for OrchestratorService {
 
     async fn register_workflow(
         &self,
-        _: Request<pb::RegisterWorkflowRequest>,
+        request: Request<pb::RegisterWorkflowRequest>,
     ) -> Result<Response<pb::RegisterWorkflowResponse>, Status> {
-        Err(Status::unimplemented(
-            "workflow registration is not available in this build; the built-in workflow is `collaborative`",
-        ))
+        let request = request.into_inner();
+        let definition = request
+            .definition
+            .ok_or_else(|| FieldViolation::new("definition", "is required"))?;
+        let registered = self
+            .turns
+            .workflows()
+            .register(definition, request.validate_only, request.expected_version)
+            .await?;
+        let warnings = self.live_agent_warnings(&registered.workflow).await;
+        let mut definition = registered.workflow.definition.clone();
+        definition.version = registered.workflow.version;
+        Ok(Response::new(pb::RegisterWorkflowResponse {
+            definition: Some(definition),
+            warnings: registered.warnings.into_iter().chain(warnings).collect(),
+        }))
     }
 
     async fn list_workflows(
         &self,
-        _: Request<pb::ListWorkflowsRequest>,
+        request: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
-        Err(Status::unimplemented(
-            "workflow listing is not available in this build; the built-in workflow is `collaborative`",
-        ))
+        let request = request.into_inner();
+        let (page, next_page_token) = self
+            .turns
+            .workflows()
+            .list(request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(pb::ListWorkflowsResponse {
+            workflows: page
+                .iter()
+                .map(|workflow| workflow.definition.clone())
+                .collect(),
+            next_page_token,
+        }))
     }
 
     async fn get_workflow(
         &self,
-        _: Request<pb::GetWorkflowRequest>,
+        request: Request<pb::GetWorkflowRequest>,
     ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
-        Err(Status::unimplemented(
-            "workflow inspection is not available in this build; the built-in workflow is `collaborative`",
-        ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sentences_split_on_terminal_punctuation_and_keep_the_rest() {
-        assert_eq!(
-            split_sentences("You rest. The sea is calm! Ready?"),
-            ["You rest.", " The sea is calm!", " Ready?"]
-        );
-        assert_eq!(split_sentences("no end"), ["no end"]);
-        assert!(split_sentences("").is_empty());
+        let request = request.into_inner();
+        if request.name.trim().is_empty() {
+            return Err(FieldViolation::new("name", "must not be empty").into());
+        }
+        let workflow = self
+            .turns
+            .workflows()
+            .get(&request.name, request.version)
+            .await?;
+        Ok(Response::new(pb::GetWorkflowResponse {
+            definition: Some(workflow.definition.clone()),
+        }))
     }
 }

@@ -16,6 +16,8 @@ use crate::error::Error;
 const RUN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Field of a run hash that holds the final response.
 const RESPONSE_FIELD: &str = "response";
+/// Field of a run hash that names the workflow version the turn runs (`name@version`).
+const WORKFLOW_FIELD: &str = "workflow";
 
 /// Who holds a session's turn lock: `<replica>/<incarnation>/<turn>`. The incarnation is new
 /// for every process start, so a restarted replica recognises its own dead predecessor's locks.
@@ -242,6 +244,36 @@ impl Store {
         let mut command = redis::cmd("HGET");
         command.arg(self.run_key(session, turn)).arg(RESPONSE_FIELD);
         self.fetch(command, &format!("turn {turn}")).await
+    }
+
+    /// Records which workflow version the turn runs, unless an earlier attempt already did;
+    /// returns the version of record, so a resumed turn keeps the version it started with.
+    pub async fn claim_run_workflow(
+        &self,
+        session: &str,
+        turn: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<(String, u32), Error> {
+        let key = self.run_key(session, turn);
+        let (_, stored): (bool, String) = redis::pipe()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg(WORKFLOW_FIELD)
+            .arg(format!("{name}@{version}"))
+            .cmd("HGET")
+            .arg(&key)
+            .arg(WORKFLOW_FIELD)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(RUN_RETENTION.as_millis() as u64)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await?;
+        stored
+            .rsplit_once('@')
+            .and_then(|(name, version)| Some((name.to_owned(), version.parse().ok()?)))
+            .ok_or_else(|| Error::Corrupt(format!("turn {turn}: workflow field {stored:?}")))
     }
 
     /// The results of steps that already finished in an earlier attempt of this turn.

@@ -24,21 +24,22 @@ use tta_types::{Config, SessionId, TurnId, UserId};
 use crate::{
     dispatch::{DispatchError, Dispatcher},
     error::Error,
+    events::EventSink,
     guard::{Occasion, SafetyGuard},
+    stats,
     store::Store,
+    workflow::{
+        builtin,
+        definition::Workflow,
+        registry::WorkflowRegistry,
+        run::{self, RunInput, RunOutcome},
+        view::RouteScope,
+    },
 };
-
-/// The built-in collaborative workflow: each step sees the outputs of the steps before it.
-pub const COLLABORATIVE: &str = "collaborative";
 /// What a response's `workflow` says when the crisis protocol answered instead of the story.
 pub const CRISIS_PROTOCOL: &str = "crisis_protocol";
 /// The contract's limit on `AlternativeRequest.rejected_text`.
 const MAX_REJECTED_TEXT_BYTES: usize = 4096;
-const STEPS: [(&str, &str); 3] = [("ipa", "ipa"), ("wba", "wba"), ("nga", "nga")];
-
-/// What the player reads when a step could not produce its part.
-const FALLBACK_REPLY: &str = "Let's pause here for a moment. Take a slow breath in, and let it out gently. \
-The harbour is still here, and so are you. When you're ready, tell me what you'd like to do next.";
 
 /// A validated `ProcessUserInput` request.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct TurnRequest {
     pub turn_id: TurnId,
     pub interaction_type: String,
     pub metadata: HashMap<String, String>,
+    /// Explicit workflow; empty means routing chooses.
+    pub workflow: String,
+    pub priority: pb::Priority,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +61,7 @@ pub struct TurnRunner {
     store: Store,
     dispatcher: Dispatcher,
     guard: SafetyGuard,
+    workflows: Arc<WorkflowRegistry>,
     instance: String,
     /// New for every process start; see [`crate::store::LockToken`].
     incarnation: String,
@@ -80,6 +85,7 @@ impl TurnRunner {
         store: Store,
         dispatcher: Dispatcher,
         guard: SafetyGuard,
+        workflows: Arc<WorkflowRegistry>,
         instance: String,
     ) -> Self {
         Self {
@@ -87,6 +93,7 @@ impl TurnRunner {
             store,
             dispatcher,
             guard,
+            workflows,
             instance,
             incarnation: uuid::Uuid::now_v7().simple().to_string(),
         }
@@ -94,6 +101,10 @@ impl TurnRunner {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn workflows(&self) -> &WorkflowRegistry {
+        &self.workflows
     }
 
     /// A session with default settings, for `ProcessUserInput` on an unknown session id.
@@ -122,11 +133,18 @@ impl TurnRunner {
         }
     }
 
-    pub async fn run(&self, request: TurnRequest) -> Result<pb::ProcessUserInputResponse, Error> {
+    /// Runs a turn, reporting its progress to `events`; the caller reports the end.
+    pub async fn run(
+        &self,
+        request: TurnRequest,
+        events: &EventSink,
+    ) -> Result<pb::ProcessUserInputResponse, Error> {
         let session_key = request.session_id.as_str();
         let turn_key = request.turn_id.as_str();
         if let Some(mut done) = self.store.response(session_key, turn_key).await? {
             done.replayed = true;
+            events.accepted(accepted_of(&done, Duration::ZERO));
+            events.narrative(&done.text);
             return Ok(done);
         }
 
@@ -146,7 +164,7 @@ impl TurnRunner {
                 request.session_id
             )));
         }
-        let outcome = self.run_locked(&request).await;
+        let outcome = self.run_locked(&request, events).await;
         if let Err(err) = self.store.unlock(session_key, &token).await {
             tracing::warn!(session = %request.session_id, error = %err, "cannot release the session lock; it expires by itself");
         }
@@ -156,6 +174,7 @@ impl TurnRunner {
     async fn run_locked(
         &self,
         request: &TurnRequest,
+        events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let started = Instant::now();
         let session_key = request.session_id.as_str();
@@ -163,6 +182,8 @@ impl TurnRunner {
         // Another replica may have finished this turn while we waited for the lock.
         if let Some(mut done) = self.store.response(session_key, turn_key).await? {
             done.replayed = true;
+            events.accepted(accepted_of(&done, Duration::ZERO));
+            events.narrative(&done.text);
             return Ok(done);
         }
         let mut session = match self.store.load_session(session_key).await? {
@@ -186,7 +207,17 @@ impl TurnRunner {
             )));
         }
 
+        let workflow = self.choose_workflow(request, &session).await?;
         let run_id = run_id(&request.session_id, &request.turn_id);
+        events.accepted(pb::TurnAccepted {
+            run_id: run_id.clone(),
+            session_id: request.session_id.to_string(),
+            workflow: workflow.name.clone(),
+            workflow_version: workflow.version,
+            replayed: false,
+            expected_duration: prost_types::Duration::try_from(workflow.expected_duration).ok(),
+        });
+
         let occasion = Occasion {
             session: &request.session_id,
             user: request.user_id.as_str(),
@@ -205,6 +236,7 @@ impl TurnRunner {
             )
             .await?;
         let input_safety = pb::SafetyAssessment::from(&screen.assessment);
+        events.safety(&input_safety, pb::ContentSource::User, "", false);
         let screen_timing = gateway_timing("safety.input", screen_started.elapsed());
         if screen.escalation.is_some() || screen.assessment.crisis {
             session.escalated = true;
@@ -229,7 +261,7 @@ impl TurnRunner {
             };
             // The player's words of a crisis are not fed back into the story's context.
             return self
-                .finish(request, session, response, started, false)
+                .finish(request, session, response, started, false, events)
                 .await;
         }
 
@@ -259,115 +291,94 @@ impl TurnRunner {
             .filter(|result| result.status == pb::AgentResultStatus::Succeeded as i32)
             .map(|result| (result.step_id.clone(), result))
             .collect();
-
-        let mut upstream: Vec<pb::StepOutput> = Vec::new();
-        let mut progress = Progress {
-            timings: vec![screen_timing],
-            degraded_reasons: Vec::new(),
-        };
-        for (step_id, agent_type) in STEPS {
-            let step_started = Instant::now();
-            let remaining = self
-                .config
-                .gateway
-                .turn_timeout
-                .saturating_sub(started.elapsed());
-            let result = match earlier.get(step_id) {
-                Some(result) => Ok(result.clone()),
-                None if remaining.is_zero() => Err(DispatchError::Timeout),
-                None => {
-                    let task = pb::AgentTask {
-                        task_id: format!("{run_id}:{step_id}"),
-                        run_id: run_id.clone(),
-                        turn_id: request.turn_id.to_string(),
-                        session_id: request.session_id.to_string(),
-                        step_id: step_id.to_owned(),
-                        agent_type: agent_type.to_owned(),
-                        workflow: COLLABORATIVE.to_owned(),
-                        turn: Some(context.clone()),
-                        upstream: upstream.clone(),
-                        params: None,
-                        deadline: Some(prost_types::Timestamp::from(SystemTime::now() + remaining)),
-                        attempt: 1,
-                        reply_topic: String::new(),
-                        alternative: None,
-                    };
-                    self.dispatcher.run(task, remaining).await
-                }
-            };
-            let (outcome, output) = match result {
-                Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
-                    (pb::StepOutcome::Succeeded, result.output)
-                }
-                Ok(result) => {
-                    let reason = result.error.map(|error| error.message).unwrap_or_default();
-                    progress
-                        .degraded_reasons
-                        .push(format!("{step_id}: failed: {reason}"));
-                    (pb::StepOutcome::Failed, None)
-                }
-                Err(DispatchError::Timeout) => {
-                    progress
-                        .degraded_reasons
-                        .push(format!("{step_id}: no answer in time"));
-                    (pb::StepOutcome::TimedOut, None)
-                }
-                Err(DispatchError::Publish(status)) => {
-                    progress
-                        .degraded_reasons
-                        .push(format!("{step_id}: cannot dispatch: {}", status.message()));
-                    (pb::StepOutcome::Failed, None)
-                }
-            };
-            let elapsed = step_started.elapsed();
-            metrics::histogram!("tta_gateway_step_duration_seconds", "agent" => agent_type, "outcome" => outcome.as_str_name())
-                .record(elapsed.as_secs_f64());
-            progress.timings.push(pb::StepTiming {
-                step_id: step_id.to_owned(),
-                agent_type: agent_type.to_owned(),
-                duration: prost_types::Duration::try_from(elapsed).ok(),
-                outcome: outcome as i32,
-                attempts: 1,
-                agent: None,
-            });
-            match output {
-                Some(mut output) => {
-                    // The gateway's screen is the safety verdict of record; later steps read it
-                    // from the IPA's output like the rest of the input's understanding.
-                    if let Some(pb::agent_output::Kind::Ipa(ipa)) = output.kind.as_mut() {
-                        ipa.safety = Some(input_safety.clone());
-                    }
-                    upstream.push(pb::StepOutput {
-                        step_id: step_id.to_owned(),
-                        agent_type: agent_type.to_owned(),
-                        output: Some(output),
-                    });
-                }
-                // Later steps depend on this one: stop and answer with the fallback.
-                None => break,
-            }
-        }
+        let deadline = started + workflow.total_timeout.min(self.config.gateway.turn_timeout);
+        let mut outcome = run::run(
+            &self.dispatcher,
+            RunInput {
+                workflow: &workflow,
+                run_id: &run_id,
+                session_id: session_key,
+                turn_id: turn_key,
+                context: &context,
+                earlier: &earlier,
+                deadline,
+                priority: request.priority,
+                input_safety: &input_safety,
+                events,
+            },
+        )
+        .await;
+        outcome.timings.insert(0, screen_timing);
 
         let review = ReplyReview {
             request,
+            workflow: &workflow,
             run_id: &run_id,
             context: &context,
             policy: &policy,
-            deadline: started + self.config.gateway.turn_timeout,
+            deadline,
+            events,
         };
-        self.review_narrative(&review, &mut upstream, &mut progress)
-            .await?;
-
-        let response = compose_response(
+        let output_safety = if outcome.stopped {
+            None
+        } else {
+            self.review_reply(&review, &mut outcome).await?
+        };
+        let mut response = compose_response(
             request,
             &run_id,
-            &upstream,
-            input_safety,
-            progress,
+            &workflow,
+            &outcome,
+            merge_safety(input_safety, output_safety),
             started.elapsed(),
             session.version,
         );
-        self.finish(request, session, response, started, true).await
+        response.total_duration = prost_types::Duration::try_from(started.elapsed()).ok();
+        self.finish(request, session, response, started, true, events)
+            .await
+    }
+
+    /// The workflow for this turn: an explicit override, the version an earlier attempt of the
+    /// same turn started with, or the one routing picks (R1.1).
+    async fn choose_workflow(
+        &self,
+        request: &TurnRequest,
+        session: &pb::Session,
+    ) -> Result<Arc<Workflow>, Error> {
+        let chosen = if request.workflow.is_empty() {
+            let scope = RouteScope {
+                session,
+                metadata: &request.metadata,
+                interaction_type: &request.interaction_type,
+            };
+            match self.workflows.route(&request.interaction_type, &scope) {
+                Some(workflow) => workflow,
+                None => self.workflows.get(builtin::COLLABORATIVE, 0).await?,
+            }
+        } else {
+            self.workflows
+                .get(&request.workflow, 0)
+                .await
+                .map_err(|err| match err {
+                    Error::NotFound(reason) => Error::NotFound(format!("workflow: {reason}")),
+                    other => other,
+                })?
+        };
+        // A resumed turn keeps the version it started with, even if a newer one was registered.
+        let (name, version) = self
+            .store
+            .claim_run_workflow(
+                request.session_id.as_str(),
+                request.turn_id.as_str(),
+                &chosen.name,
+                chosen.version,
+            )
+            .await?;
+        if name == chosen.name && version == chosen.version {
+            Ok(chosen)
+        } else {
+            self.workflows.get(&name, version).await
+        }
     }
 
     /// Records the turn's response as the one answer to its `turn_id`, then advances the
@@ -379,6 +390,7 @@ impl TurnRunner {
         response: pb::ProcessUserInputResponse,
         started: Instant,
         remember_input: bool,
+        events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let session_key = request.session_id.as_str();
         let turn_key = request.turn_id.as_str();
@@ -388,6 +400,7 @@ impl TurnRunner {
             .await?
         {
             first.replayed = true;
+            events.narrative(&first.text);
             return Ok(first);
         }
         session.version = response.session_version;
@@ -403,51 +416,49 @@ impl TurnRunner {
                 )
                 .await?;
         }
-        let status = if response.degraded { "degraded" } else { "ok" };
-        let workflow = if response.workflow == CRISIS_PROTOCOL {
-            CRISIS_PROTOCOL
+        let status = if response.workflow == CRISIS_PROTOCOL {
+            "crisis"
+        } else if response.degraded {
+            "degraded"
         } else {
-            COLLABORATIVE
+            "ok"
         };
+        let workflow = response.workflow.clone();
+        stats::record_run(&workflow, status);
+        metrics::histogram!("tta_gateway_turn_duration_seconds", "workflow" => workflow.clone())
+            .record(started.elapsed().as_secs_f64());
         metrics::counter!("tta_gateway_turns_total", "workflow" => workflow, "status" => status)
             .increment(1);
-        metrics::histogram!("tta_gateway_turn_duration_seconds", "workflow" => workflow)
-            .record(started.elapsed().as_secs_f64());
+        events.narrative(&response.text);
         Ok(response)
     }
 
-    /// Validates the narrative before the player reads it: a blocked reply goes back to the NGA
-    /// for an alternative (each one a task of its own, so a resumed turn reuses answers already
-    /// given), and when none passes the safe fallback is shown, the turn is degraded and the
-    /// repeated blocks are escalated.
-    async fn review_narrative(
+    /// Validates the reply before the player reads it: a blocked text goes back to the agent of
+    /// the output step for an alternative (each one a task of its own, so a resumed turn reuses
+    /// answers already given), and when none passes the safe fallback is shown, the turn is
+    /// degraded and the repeated blocks are escalated. Returns the verdict on the text shown.
+    async fn review_reply(
         &self,
         review: &ReplyReview<'_>,
-        upstream: &mut [pb::StepOutput],
-        progress: &mut Progress,
-    ) -> Result<(), Error> {
-        let Some(index) = upstream.iter().position(|step| {
-            matches!(
-                step.output.as_ref().and_then(|output| output.kind.as_ref()),
-                Some(pb::agent_output::Kind::Nga(_))
-            )
-        }) else {
-            return Ok(());
-        };
-        let Some(pb::agent_output::Kind::Nga(nga)) = upstream[index]
-            .output
-            .as_ref()
-            .and_then(|output| output.kind.as_ref())
+        outcome: &mut RunOutcome,
+    ) -> Result<Option<pb::SafetyAssessment>, Error> {
+        let Some(index) = outcome
+            .outputs
+            .iter()
+            .position(|step| step.step_id == review.workflow.output_step)
         else {
-            return Ok(());
+            return Ok(None);
+        };
+        let Some(text) = outcome.outputs[index].output.as_ref().and_then(reply_text) else {
+            return Ok(None);
         };
         let reviewed_started = Instant::now();
-        let step = upstream[index].clone();
-        let before: Vec<pb::StepOutput> = upstream[..index].to_vec();
-        let rejected = Mutex::new(nga.text.clone());
+        let step = outcome.outputs[index].clone();
+        let before: Vec<pb::StepOutput> = outcome.outputs[..index].to_vec();
+        let rejected = Mutex::new(text.clone());
         let validated = self
             .guard
-            .validate_reply(review.policy, nga.text.clone(), |regeneration| {
+            .validate_reply(review.policy, text, |regeneration| {
                 let rejected_text = rejected
                     .lock()
                     .map(|text| {
@@ -459,6 +470,12 @@ impl TurnRunner {
                     Source::Agent,
                     review.policy,
                 );
+                review.events.safety(
+                    &(&assessment).into(),
+                    pb::ContentSource::Agent,
+                    &step.step_id,
+                    true,
+                );
                 let step_id = format!("{}.alt{}", step.step_id, regeneration.attempt);
                 let remaining = review.deadline.saturating_duration_since(Instant::now());
                 let task = pb::AgentTask {
@@ -468,7 +485,7 @@ impl TurnRunner {
                     session_id: review.request.session_id.to_string(),
                     step_id,
                     agent_type: step.agent_type.clone(),
-                    workflow: COLLABORATIVE.to_owned(),
+                    workflow: review.workflow.name.clone(),
                     turn: Some(review.context.clone()),
                     upstream: before.clone(),
                     params: None,
@@ -483,7 +500,9 @@ impl TurnRunner {
                 };
                 let rejected = &rejected;
                 async move {
-                    let text = self.alternative_text(task, remaining).await?;
+                    let text = self
+                        .alternative_text(task, remaining, review.request.priority)
+                        .await?;
                     if let Ok(mut last) = rejected.lock() {
                         last.clone_from(&text);
                     }
@@ -491,24 +510,21 @@ impl TurnRunner {
                 }
             })
             .await;
-        progress
+        let verdict = pb::SafetyAssessment::from(&validated.assessment);
+        review
+            .events
+            .safety(&verdict, pb::ContentSource::Agent, &step.step_id, false);
+        outcome
             .timings
             .push(gateway_timing("safety.output", reviewed_started.elapsed()));
         if validated.regenerations == 0 {
-            return Ok(());
+            return Ok(Some(verdict));
         }
-        if let Some(pb::agent_output::Kind::Nga(nga)) = upstream[index]
-            .output
-            .as_mut()
-            .and_then(|output| output.kind.as_mut())
-        {
-            nga.text = validated.text.clone();
-            if validated.used_fallback {
-                nga.suggestions.clear();
-            }
+        if let Some(output) = outcome.outputs[index].output.as_mut() {
+            set_reply_text(output, &validated.text, validated.used_fallback);
         }
         if validated.used_fallback {
-            progress.degraded_reasons.push(format!(
+            outcome.degraded_reasons.push(format!(
                 "{}: reply withheld by the safety check after {} alternatives",
                 step.step_id, validated.regenerations
             ));
@@ -527,8 +543,10 @@ impl TurnRunner {
                     EscalationReason::RepeatedBlocks,
                 )
                 .await?;
+            // The verdict of record is the one on the text that was withheld.
+            return Ok(Some(verdict));
         }
-        Ok(())
+        Ok(Some(verdict))
     }
 
     /// Asks the agent for an alternative and returns its text.
@@ -536,17 +554,17 @@ impl TurnRunner {
         &self,
         task: pb::AgentTask,
         remaining: Duration,
+        priority: pb::Priority,
     ) -> Result<String, String> {
         if remaining.is_zero() {
             return Err("no time left in the turn".to_owned());
         }
-        match self.dispatcher.run(task, remaining).await {
-            Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
-                match result.output.and_then(|output| output.kind) {
-                    Some(pb::agent_output::Kind::Nga(nga)) => Ok(nga.text),
-                    _ => Err("the alternative carried no narrative".to_owned()),
-                }
-            }
+        match self.dispatcher.run(task, remaining, priority).await {
+            Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => result
+                .output
+                .as_ref()
+                .and_then(reply_text)
+                .ok_or_else(|| "the alternative carried no reply text".to_owned()),
             Ok(result) => Err(result
                 .error
                 .map(|error| error.message)
@@ -557,19 +575,79 @@ impl TurnRunner {
     }
 }
 
-/// What a turn has done so far: how long each step took, and why the reply is degraded if it is.
-struct Progress {
-    timings: Vec<pb::StepTiming>,
-    degraded_reasons: Vec<String>,
-}
-
-/// What the narrative review needs to know about its turn.
+/// What the reply review needs to know about its turn.
 struct ReplyReview<'a> {
     request: &'a TurnRequest,
+    workflow: &'a Workflow,
     run_id: &'a str,
     context: &'a pb::TurnContext,
     policy: &'a tta_safety::SessionPolicy,
     deadline: Instant,
+    events: &'a EventSink,
+}
+
+/// The text an output offers the player: an NGA's narrative, or a custom agent's `text` field.
+fn reply_text(output: &pb::AgentOutput) -> Option<String> {
+    match output.kind.as_ref()? {
+        pb::agent_output::Kind::Nga(nga) => Some(nga.text.clone()),
+        pb::agent_output::Kind::Custom(custom) => match custom.fields.get("text")?.kind.as_ref()? {
+            prost_types::value::Kind::StringValue(text) => Some(text.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn set_reply_text(output: &mut pb::AgentOutput, text: &str, replaced_by_fallback: bool) {
+    match output.kind.as_mut() {
+        Some(pb::agent_output::Kind::Nga(nga)) => {
+            nga.text = text.to_owned();
+            nga.chunks.clear();
+            if replaced_by_fallback {
+                nga.suggestions.clear();
+            }
+        }
+        Some(pb::agent_output::Kind::Custom(custom)) => {
+            custom.fields.insert(
+                "text".to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(text.to_owned())),
+                },
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The turn's verdict: the more severe of the verdicts on the input and on the reply, with the
+/// findings of both (each finding carries its source).
+fn merge_safety(
+    input: pb::SafetyAssessment,
+    output: Option<pb::SafetyAssessment>,
+) -> pb::SafetyAssessment {
+    let Some(output) = output else {
+        return input;
+    };
+    let mut merged = if output.level > input.level {
+        pb::SafetyAssessment {
+            findings: Vec::new(),
+            ..output.clone()
+        }
+    } else {
+        pb::SafetyAssessment {
+            findings: Vec::new(),
+            ..input.clone()
+        }
+    };
+    merged.crisis = input.crisis || output.crisis;
+    merged.action = input.action.max(output.action);
+    for category in input.categories.iter().chain(&output.categories) {
+        if !merged.categories.contains(category) {
+            merged.categories.push(category.clone());
+        }
+    }
+    merged.findings = input.findings.into_iter().chain(output.findings).collect();
+    merged
 }
 
 /// The timing of work the gateway itself did within a turn.
@@ -584,49 +662,96 @@ fn gateway_timing(step_id: &str, elapsed: Duration) -> pb::StepTiming {
     }
 }
 
+/// What a replayed turn's stream starts with.
+pub fn accepted_of(
+    response: &pb::ProcessUserInputResponse,
+    expected: Duration,
+) -> pb::TurnAccepted {
+    pb::TurnAccepted {
+        run_id: response.run_id.clone(),
+        session_id: response.session_id.clone(),
+        workflow: response.workflow.clone(),
+        workflow_version: response.workflow_version,
+        replayed: true,
+        expected_duration: prost_types::Duration::try_from(expected).ok(),
+    }
+}
+
+/// A reply for outputs that carry no text (workflows without a narrator): what was understood or
+/// changed, in plain words.
+fn describe(output: &pb::AgentOutput) -> Option<String> {
+    match output.kind.as_ref()? {
+        pb::agent_output::Kind::Ipa(ipa) => {
+            let entities: Vec<&str> = ipa.entities.iter().map(|e| e.text.as_str()).collect();
+            Some(if entities.is_empty() {
+                format!("Understood: {}.", ipa.intent)
+            } else {
+                format!("Understood: {} ({}).", ipa.intent, entities.join(", "))
+            })
+        }
+        pb::agent_output::Kind::Wba(wba) => Some(match (&wba.world, wba.applied) {
+            (_, false) if !wba.rejection_reason.is_empty() => wba.rejection_reason.clone(),
+            (Some(world), _) => format!("{}. {}", world.location_name, world.location_description),
+            (None, _) => "Nothing changed.".to_owned(),
+        }),
+        _ => None,
+    }
+}
+
 fn compose_response(
     request: &TurnRequest,
     run_id: &str,
-    upstream: &[pb::StepOutput],
+    workflow: &Workflow,
+    outcome: &RunOutcome,
     safety: pb::SafetyAssessment,
-    progress: Progress,
     elapsed: Duration,
     previous_version: u64,
 ) -> pb::ProcessUserInputResponse {
-    let mut text = None;
     let mut world = None;
-    let mut suggestions = Vec::new();
     let mut version = previous_version;
-    for step in upstream {
-        match step.output.as_ref().and_then(|output| output.kind.as_ref()) {
-            Some(pb::agent_output::Kind::Wba(wba)) => {
-                world = wba.world.clone();
-                version = wba.version.max(previous_version);
-            }
-            Some(pb::agent_output::Kind::Nga(nga)) => {
-                text = Some(nga.text.clone());
-                suggestions = nga.suggestions.clone();
-            }
-            _ => {}
+    for step in &outcome.outputs {
+        if let Some(pb::agent_output::Kind::Wba(wba)) =
+            step.output.as_ref().and_then(|output| output.kind.as_ref())
+        {
+            world = wba.world.clone();
+            version = wba.version.max(previous_version);
         }
     }
-    let Progress {
-        timings,
-        degraded_reasons,
-    } = progress;
-    let degraded = text.is_none() || !degraded_reasons.is_empty();
+    let reply = (!outcome.stopped)
+        .then(|| {
+            outcome
+                .outputs
+                .iter()
+                .find(|step| step.step_id == workflow.output_step)
+                .and_then(|step| step.output.as_ref())
+        })
+        .flatten();
+    let text = reply.and_then(|output| reply_text(output).or_else(|| describe(output)));
+    let suggestions = match reply.and_then(|output| output.kind.as_ref()) {
+        Some(pb::agent_output::Kind::Nga(nga)) => nga.suggestions.clone(),
+        _ => Vec::new(),
+    };
+    let mut degraded_reasons = outcome.degraded_reasons.clone();
+    if text.is_none() && degraded_reasons.is_empty() {
+        degraded_reasons.push(format!("{}: produced no reply", workflow.output_step));
+    }
+    let fallback = if workflow.fallback_reply.is_empty() {
+        builtin::FALLBACK_REPLY
+    } else {
+        workflow.fallback_reply.as_str()
+    };
     pb::ProcessUserInputResponse {
         turn_id: request.turn_id.to_string(),
-        text: text.unwrap_or_else(|| FALLBACK_REPLY.to_owned()),
+        text: text.unwrap_or_else(|| fallback.to_owned()),
         safety: Some(safety),
-        degraded,
-        timings,
+        degraded: !degraded_reasons.is_empty(),
+        timings: outcome.timings.clone(),
         total_duration: prost_types::Duration::try_from(elapsed).ok(),
         session_version: version,
         session_id: request.session_id.to_string(),
         run_id: run_id.to_owned(),
-        workflow: COLLABORATIVE.to_owned(),
-        workflow_version: 1,
+        workflow: workflow.name.clone(),
+        workflow_version: workflow.version,
         replayed: false,
         degraded_reasons,
         world,

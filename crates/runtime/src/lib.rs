@@ -17,5 +17,7 @@ pub mod trace_context;
 
 pub use grpc::GrpcServer;
 pub use readiness::Readiness;
-pub use service::{BoxError, ServiceArgs, ServiceContext, ServiceKind, ServiceParts};
+pub use service::{
+    BoxError, ConfigFileError, ServiceArgs, ServiceContext, ServiceKind, ServiceParts,
+};
 pub use shutdown::Shutdown;

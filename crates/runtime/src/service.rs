@@ -31,6 +31,25 @@ pub const EXIT_CONFIG: u8 = 2;
 /// Exit code when the service could not start or failed while running.
 pub const EXIT_FAILURE: u8 = 1;
 
+/// A file named by the configuration (rules, worlds, workflows, policies) that cannot be used.
+/// Builders return it so the process exits with [`EXIT_CONFIG`] like any other configuration
+/// error, naming the key path: `gateway.workflows_file: deploy/x.yaml: workflows[1]: ...`.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigFileError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigFileError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Upper bound for flushing traces at exit, so a dead collector cannot delay it.
 const TELEMETRY_FLUSH_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -452,6 +471,10 @@ where
         Err(err) => {
             tracing::error!(service = kind.name(), error = %err, "cannot start");
             telemetry.shutdown(TELEMETRY_FLUSH_TIMEOUT);
+            if err.downcast_ref::<ConfigFileError>().is_some() {
+                eprintln!("{}: invalid configuration: {err}", kind.name());
+                return ExitCode::from(EXIT_CONFIG);
+            }
             return ExitCode::from(EXIT_FAILURE);
         }
     };

@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Unavailable,
     Cancelled,
     PermissionDenied,
+    /// An optimistic-concurrency check failed: someone changed the thing first; re-read and retry.
+    Aborted,
     /// A bug or an invariant broke; never the caller's fault.
     Internal,
 }
@@ -35,6 +37,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => tonic::Code::Unavailable,
             ErrorCode::Cancelled => tonic::Code::Cancelled,
             ErrorCode::PermissionDenied => tonic::Code::PermissionDenied,
+            ErrorCode::Aborted => tonic::Code::Aborted,
             ErrorCode::Internal => tonic::Code::Internal,
         }
     }
@@ -50,6 +53,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Cancelled => 499,
             ErrorCode::PermissionDenied => 403,
+            ErrorCode::Aborted => 409,
             ErrorCode::Internal => 500,
         }
     }
@@ -133,6 +137,7 @@ mod tests {
             ErrorCode::Unavailable,
             ErrorCode::Cancelled,
             ErrorCode::PermissionDenied,
+            ErrorCode::Aborted,
             ErrorCode::Internal,
         ];
         for code in codes {

@@ -113,3 +113,33 @@ fn serde_yaml_from(text: &str) -> anyhow::Result<serde_json::Value> {
     let config: tta_types::Config = serde_yaml::from_str(text)?;
     Ok(serde_json::to_value(config)?)
 }
+
+#[tokio::test]
+async fn a_bad_workflows_file_exits_2_naming_the_key_and_the_field() -> anyhow::Result<()> {
+    let workflows = config_file(
+        "workflows:\n  - name: broken\n    steps:\n      - id: nga\n        agent_type: nga\n        depends_on: [ipa2]\n",
+    )?;
+    let file = config_file(&format!(
+        "gateway:\n  workflows_file: {}\n",
+        workflows.path().display()
+    ))?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let admin = format!("127.0.0.1:{}", free_port()?);
+    let args = vec![
+        "--config".to_owned(),
+        file.path().display().to_string(),
+        "--grpc-addr".to_owned(),
+        grpc,
+        "--admin-addr".to_owned(),
+        admin,
+    ];
+    let (code, logs) = run_to_exit("tta-gateway", &args, &[]).await?;
+    ensure!(code == 2, "exit code {code}; output:\n{logs}");
+    ensure!(
+        logs.contains("gateway.workflows_file")
+            && logs
+                .contains("workflows[0]: definition.steps[0].depends_on[0]: unknown step \"ipa2\""),
+        "output does not name the key and field:\n{logs}"
+    );
+    Ok(())
+}

@@ -38,7 +38,8 @@ static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
         .map_err(|err| format!("the embedded tta.v1 descriptor set does not decode: {err}"))
 });
 
-fn message_descriptor(full_name: &str) -> Result<MessageDescriptor, String> {
+/// The descriptor of a `tta.v1` message (or a well-known type) by full name.
+pub(crate) fn message_descriptor(full_name: &str) -> Result<MessageDescriptor, String> {
     let pool = POOL.as_ref().map_err(Clone::clone)?;
     pool.get_message_by_name(full_name)
         .ok_or_else(|| format!("message {full_name} is missing from the descriptor set"))

@@ -1,0 +1,759 @@
+//! Workflow graphs end to end inside one process: a private redis-server, the broker and the
+//! gateway in-process on ephemeral ports over real gRPC, and scripted agents running the real
+//! worker runtime on the real broker. Custom agent types (`mood`, `flaky`, `broken`, …) are used
+//! by registered workflows without any gateway code knowing them (R8.1).
+
+// Helpers outside #[test] functions unwrap too: in a test a panic is a failed assertion.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::future::BoxFuture;
+use tonic::{Code, transport::Channel};
+use tta_agents::worker::{TaskError, TaskRunner, Worker};
+use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
+use tta_runtime::{
+    Shutdown,
+    messaging::{self, Publisher, Subscription},
+    service::{RunningService, ServiceKind},
+};
+use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_until};
+use tta_types::{AgentId, AgentType};
+
+type Script = Arc<dyn Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync>;
+
+/// An agent whose answers a test decides; it records when each task started and ended.
+struct Scripted {
+    script: Script,
+    delay: Box<dyn Fn(&pb::AgentTask) -> Duration + Send + Sync>,
+    log: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+}
+
+impl TaskRunner for Scripted {
+    fn run<'a>(
+        &'a self,
+        task: &'a pb::AgentTask,
+    ) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            tokio::time::sleep((self.delay)(task)).await;
+            let outcome = (self.script)(task);
+            self.log
+                .lock()
+                .unwrap()
+                .push((task.step_id.clone(), started, Instant::now()));
+            outcome
+        })
+    }
+}
+
+struct Harness {
+    _redis: RedisServer,
+    broker: Option<RunningService>,
+    gateway: Option<RunningService>,
+    broker_url: String,
+    client: OrchestratorClient<Channel>,
+    shutdown: Shutdown,
+    log: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
+}
+
+impl Harness {
+    async fn start() -> Self {
+        let redis = RedisServer::start().unwrap();
+        let mut config = test_config(&redis.url(), "workflows");
+        config.broker.visibility_timeout = Duration::from_secs(2);
+        config.gateway.turn_timeout = Duration::from_secs(8);
+        let broker = start_in_process(ServiceKind::Broker, config.clone(), tta_broker::build)
+            .await
+            .unwrap();
+        let broker_url = format!("http://{}", broker.grpc_addr.unwrap());
+        config.gateway.broker_endpoint = broker_url.clone();
+        let gateway = start_in_process(ServiceKind::Gateway, config, tta_gateway::build)
+            .await
+            .unwrap();
+        let gateway_url = format!("http://{}", gateway.grpc_addr.unwrap());
+        let client = OrchestratorClient::connect(gateway_url).await.unwrap();
+        let harness = Self {
+            _redis: redis,
+            broker: Some(broker),
+            gateway: Some(gateway),
+            broker_url,
+            client,
+            shutdown: Shutdown::new(),
+            log: Arc::default(),
+        };
+        // The built-in workflows are stored in the background at start-up.
+        let client = harness.client.clone();
+        wait_until(Duration::from_secs(10), "built-in workflows stored", || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_workflow(pb::GetWorkflowRequest {
+                        name: "collaborative".to_owned(),
+                        version: 0,
+                    })
+                    .await
+                    .ok()
+                    .map(|_| ())
+            }
+        })
+        .await
+        .unwrap();
+        harness
+    }
+
+    /// Runs a scripted agent of `agent_type` on the broker.
+    fn agent(
+        &self,
+        agent_type: &str,
+        delay: impl Fn(&pb::AgentTask) -> Duration + Send + Sync + 'static,
+        script: impl Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync + 'static,
+    ) {
+        let publisher = Publisher::connect_lazy(&self.broker_url).unwrap();
+        let worker = Arc::new(Worker {
+            agent: AgentId::new(agent_type.parse::<AgentType>().unwrap(), "scripted").unwrap(),
+            publisher: publisher.clone(),
+            runner: Arc::new(Scripted {
+                script: Arc::new(script),
+                delay: Box::new(delay),
+                log: self.log.clone(),
+            }),
+            task_timeout: Duration::from_secs(10),
+        });
+        tokio::spawn(messaging::consume(
+            publisher,
+            Subscription {
+                topic: format!("agent.{agent_type}"),
+                group: agent_type.to_owned(),
+                consumer: "scripted".to_owned(),
+                prefetch: 16,
+                visibility_timeout: None,
+            },
+            worker.handler(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    fn steps_run(&self, step: &str) -> Vec<(Instant, Instant)> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(id, _, _)| id == step)
+            .map(|(_, start, end)| (*start, *end))
+            .collect()
+    }
+
+    async fn register(&mut self, definition: pb::WorkflowDefinition) -> pb::WorkflowDefinition {
+        self.client
+            .register_workflow(pb::RegisterWorkflowRequest {
+                definition: Some(definition),
+                validate_only: false,
+                expected_version: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .definition
+            .unwrap()
+    }
+
+    async fn turn(
+        &mut self,
+        session: &str,
+        workflow: &str,
+        text: &str,
+    ) -> pb::ProcessUserInputResponse {
+        self.client
+            .process_user_input(pb::ProcessUserInputRequest {
+                session_id: session.to_owned(),
+                user_id: "player-1".to_owned(),
+                text: text.to_owned(),
+                turn_id: "t1".to_owned(),
+                workflow: workflow.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(gateway) = self.gateway.take() {
+            gateway.stop(Duration::from_secs(2)).await.unwrap();
+        }
+        if let Some(broker) = self.broker.take() {
+            broker.stop(Duration::from_secs(2)).await.unwrap();
+        }
+    }
+}
+
+fn step(id: &str, agent_type: &str, depends_on: &[&str]) -> pb::WorkflowStep {
+    pb::WorkflowStep {
+        id: id.to_owned(),
+        agent_type: agent_type.to_owned(),
+        depends_on: depends_on.iter().map(|d| (*d).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+fn workflow(name: &str, steps: Vec<pb::WorkflowStep>) -> pb::WorkflowDefinition {
+    pb::WorkflowDefinition {
+        name: name.to_owned(),
+        steps,
+        fallback_reply: "The story waits for you.".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn ms(millis: u64) -> Option<prost_types::Duration> {
+    prost_types::Duration::try_from(Duration::from_millis(millis)).ok()
+}
+
+fn ipa(intent: &str) -> pb::AgentOutput {
+    pb::AgentOutput {
+        kind: Some(pb::agent_output::Kind::Ipa(pb::IpaOutput {
+            intent: intent.to_owned(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn narrative(text: &str) -> pb::AgentOutput {
+    pb::AgentOutput {
+        kind: Some(pb::agent_output::Kind::Nga(pb::NgaOutput {
+            text: text.to_owned(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn custom(key: &str, value: &str) -> pb::AgentOutput {
+    pb::AgentOutput {
+        kind: Some(pb::agent_output::Kind::Custom(prost_types::Struct {
+            fields: [(
+                key.to_owned(),
+                prost_types::Value {
+                    kind: Some(prost_types::value::Kind::StringValue(value.to_owned())),
+                },
+            )]
+            .into(),
+        })),
+    }
+}
+
+/// The narrator names the upstream steps it was given.
+fn narrator(task: &pb::AgentTask) -> Result<pb::AgentOutput, TaskError> {
+    let seen: Vec<&str> = task.upstream.iter().map(|s| s.step_id.as_str()).collect();
+    Ok(narrative(&format!(
+        "You look around. Seen: {}.",
+        seen.join(",")
+    )))
+}
+
+fn outcome_of(response: &pb::ProcessUserInputResponse, step: &str) -> (i32, u32) {
+    let timing = response
+        .timings
+        .iter()
+        .find(|timing| timing.step_id == step)
+        .unwrap_or_else(|| panic!("no timing for {step}: {:?}", response.timings));
+    (timing.outcome, timing.attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn independent_steps_run_in_parallel_and_false_conditions_skip() {
+    let mut harness = Harness::start().await;
+    harness.agent("ipa", |_| Duration::ZERO, |_| Ok(ipa("look")));
+    harness.agent(
+        "mood",
+        |_| Duration::from_millis(300),
+        |_| Ok(custom("mood", "calm")),
+    );
+    harness.agent(
+        "scene",
+        |_| Duration::from_millis(300),
+        |_| Ok(custom("scene", "harbour")),
+    );
+    harness.agent("journal", |_| Duration::ZERO, |_| Ok(custom("note", "x")));
+    harness.agent("nga", |_| Duration::ZERO, narrator);
+
+    let stored = harness
+        .register(workflow(
+            "parallel-look",
+            vec![
+                step("ipa", "ipa", &[]),
+                step("mood", "mood", &["ipa"]),
+                step("scene", "scene", &["ipa"]),
+                pb::WorkflowStep {
+                    condition: r#"ipa.intent == "reflect""#.to_owned(),
+                    ..step("journal", "journal", &["ipa"])
+                },
+                step("nga", "nga", &["mood", "scene", "journal"]),
+            ],
+        ))
+        .await;
+    assert_eq!(stored.version, 1);
+
+    let response = harness
+        .turn("s-parallel", "parallel-look", "look around")
+        .await;
+    assert!(!response.degraded, "{:?}", response.degraded_reasons);
+    assert_eq!(response.workflow, "parallel-look");
+    assert_eq!(response.workflow_version, 1);
+    assert_eq!(response.text, "You look around. Seen: ipa,mood,scene.");
+    assert_eq!(
+        outcome_of(&response, "journal").0,
+        pb::StepOutcome::Skipped as i32
+    );
+    assert!(
+        harness.steps_run("journal").is_empty(),
+        "a skipped step is never dispatched"
+    );
+    let (mood, scene) = (harness.steps_run("mood")[0], harness.steps_run("scene")[0]);
+    assert!(
+        mood.0 < scene.1 && scene.0 < mood.1,
+        "mood and scene overlapped: {mood:?} {scene:?}"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_are_retried_then_replaced_by_fallbacks() {
+    let mut harness = Harness::start().await;
+    // Answers its first attempt too late and its second at once.
+    harness.agent(
+        "flaky",
+        |task| {
+            if task.attempt == 1 {
+                Duration::from_millis(1500)
+            } else {
+                Duration::ZERO
+            }
+        },
+        |task| Ok(custom("attempt", &task.attempt.to_string())),
+    );
+    harness.agent(
+        "broken",
+        |_| Duration::ZERO,
+        |_| Err(TaskError::Permanent("cannot do this".to_owned())),
+    );
+    harness.agent(
+        "backup",
+        |_| Duration::ZERO,
+        |_| Ok(custom("from", "backup")),
+    );
+    harness.agent("nga", |_| Duration::ZERO, narrator);
+
+    harness
+        .register(workflow(
+            "resilient",
+            vec![
+                pb::WorkflowStep {
+                    timeout: ms(400),
+                    max_retries: 2,
+                    retry_backoff: ms(10),
+                    ..step("flaky", "flaky", &[])
+                },
+                pb::WorkflowStep {
+                    fallback: Some(pb::workflow_step::Fallback::FallbackStep(
+                        "backup".to_owned(),
+                    )),
+                    ..step("primary", "broken", &[])
+                },
+                step("backup", "backup", &[]),
+                pb::WorkflowStep {
+                    continue_on_failure: true,
+                    ..step("optional", "broken", &[])
+                },
+                step("nga", "nga", &["flaky", "primary", "optional"]),
+            ],
+        ))
+        .await;
+    let response = harness.turn("s-resilient", "resilient", "go on").await;
+    assert_eq!(
+        outcome_of(&response, "flaky"),
+        (pb::StepOutcome::Succeeded as i32, 2),
+        "{:?}",
+        response.timings
+    );
+    assert_eq!(
+        outcome_of(&response, "primary").0,
+        pb::StepOutcome::Fallback as i32
+    );
+    assert_eq!(
+        outcome_of(&response, "optional").0,
+        pb::StepOutcome::Failed as i32
+    );
+    assert!(
+        response.timings.iter().all(|t| t.step_id != "backup"),
+        "a fallback step runs only in its fallback role"
+    );
+    // The backup's output stands in for the primary; the optional step is simply missing.
+    assert_eq!(response.text, "You look around. Seen: flaky,primary.");
+    assert!(response.degraded);
+    assert!(
+        response
+            .degraded_reasons
+            .iter()
+            .any(|r| r.starts_with("optional:")),
+        "{:?}",
+        response.degraded_reasons
+    );
+
+    // A step that fails without fallback stops the run: the workflow's fallback reply.
+    harness
+        .register(workflow(
+            "fragile",
+            vec![
+                step("primary", "broken", &[]),
+                step("nga", "nga", &["primary"]),
+            ],
+        ))
+        .await;
+    let stopped = harness.turn("s-fragile", "fragile", "go on").await;
+    assert_eq!(stopped.text, "The story waits for you.");
+    assert!(stopped.degraded);
+    assert!(
+        harness.steps_run("nga").len() == 1,
+        "nga ran only for the first turn"
+    );
+
+    // A fixed fallback output in the workflow stands in for a failed narrator.
+    let fixed: prost_types::Struct = prost_types::Struct {
+        fields: [(
+            "nga".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                    fields: [(
+                        "text".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(
+                                "You pause and breathe.".to_owned(),
+                            )),
+                        },
+                    )]
+                    .into(),
+                })),
+            },
+        )]
+        .into(),
+    };
+    harness
+        .register(workflow(
+            "fixed-words",
+            vec![pb::WorkflowStep {
+                fallback: Some(pb::workflow_step::Fallback::FallbackOutput(fixed)),
+                ..step("narrate", "broken", &[])
+            }],
+        ))
+        .await;
+    let fixed = harness.turn("s-fixed", "fixed-words", "go on").await;
+    assert_eq!(fixed.text, "You pause and breathe.");
+    assert!(fixed.degraded);
+    harness.stop().await;
+}
+
+fn invalid(status: &tonic::Status, starts_with: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().starts_with(starts_with),
+        "expected {starts_with:?}, got {:?}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_names_the_bad_field_and_keeps_versions() {
+    let mut harness = Harness::start().await;
+    let register = |definition: pb::WorkflowDefinition, expected: Option<u32>| {
+        let mut client = harness.client.clone();
+        async move {
+            client
+                .register_workflow(pb::RegisterWorkflowRequest {
+                    definition: Some(definition),
+                    validate_only: false,
+                    expected_version: expected,
+                })
+                .await
+        }
+    };
+    let cycle = workflow(
+        "loop",
+        vec![
+            step("ipa", "ipa", &["nga"]),
+            step("wba", "wba", &["ipa"]),
+            step("nga", "nga", &["wba"]),
+        ],
+    );
+    let err = register(cycle, None).await.unwrap_err();
+    invalid(&err, "definition.steps: cycle");
+    assert!(err.message().contains("ipa -> wba -> nga -> ipa") || err.message().contains("->"));
+
+    let unknown = workflow("unknown-dep", vec![step("nga", "nga", &["ipa2"])]);
+    invalid(
+        &register(unknown, None).await.unwrap_err(),
+        "definition.steps[0].depends_on[0]: unknown step \"ipa2\"",
+    );
+    let too_slow = pb::WorkflowDefinition {
+        total_timeout: ms(1000),
+        ..workflow(
+            "too-slow",
+            vec![pb::WorkflowStep {
+                timeout: ms(5000),
+                ..step("nga", "nga", &[])
+            }],
+        )
+    };
+    invalid(
+        &register(too_slow, None).await.unwrap_err(),
+        "definition.steps[0].timeout: exceeds total_timeout",
+    );
+    let not_upstream = workflow(
+        "blind",
+        vec![
+            step("ipa", "ipa", &[]),
+            pb::WorkflowStep {
+                condition: "!ipa.safety.crisis".to_owned(),
+                ..step("nga", "nga", &[])
+            },
+        ],
+    );
+    invalid(
+        &register(not_upstream, None).await.unwrap_err(),
+        "definition.steps[1].condition",
+    );
+    let bad_name = workflow("Bad Name", vec![step("nga", "nga", &[])]);
+    invalid(
+        &register(bad_name, None).await.unwrap_err(),
+        "definition.name",
+    );
+    let second_default = pb::WorkflowDefinition {
+        route: Some(pb::WorkflowRoute {
+            is_default: true,
+            ..Default::default()
+        }),
+        ..workflow("other-default", vec![step("nga", "nga", &[])])
+    };
+    invalid(
+        &register(second_default, None).await.unwrap_err(),
+        "definition.route.is_default",
+    );
+
+    // Versions: a new registration is a new version; the old one stays readable.
+    let v1 = register(workflow("story", vec![step("nga", "nga", &[])]), Some(0))
+        .await
+        .unwrap()
+        .into_inner()
+        .definition
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let v2 = register(
+        workflow(
+            "story",
+            vec![step("ipa", "ipa", &[]), step("nga", "nga", &["ipa"])],
+        ),
+        Some(1),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .definition
+    .unwrap();
+    assert_eq!(v2.version, 2);
+    let stale = register(workflow("story", vec![step("nga", "nga", &[])]), Some(1))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::Aborted);
+
+    let old = harness
+        .client
+        .get_workflow(pb::GetWorkflowRequest {
+            name: "story".to_owned(),
+            version: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .definition
+        .unwrap();
+    assert_eq!(old.steps.len(), 1);
+    assert_eq!(old.version, 1);
+    let missing = harness
+        .client
+        .get_workflow(pb::GetWorkflowRequest {
+            name: "story".to_owned(),
+            version: 9,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // The list holds the built-ins and "story" (latest only), by name, in pages.
+    let first = harness
+        .client
+        .list_workflows(pb::ListWorkflowsRequest {
+            page_size: 3,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let second = harness
+        .client
+        .list_workflows(pb::ListWorkflowsRequest {
+            page_size: 3,
+            page_token: first.next_page_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<(String, u32)> = first
+        .workflows
+        .iter()
+        .chain(&second.workflows)
+        .map(|w| (w.name.clone(), w.version))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("collaborative".to_owned(), 1),
+            ("input_processing".to_owned(), 1),
+            ("narrative_generation".to_owned(), 1),
+            ("story".to_owned(), 2),
+            ("world_building".to_owned(), 1),
+        ]
+    );
+    assert!(second.next_page_token.is_empty());
+
+    let unknown = harness
+        .client
+        .process_user_input(pb::ProcessUserInputRequest {
+            session_id: "s-x".to_owned(),
+            user_id: "player-1".to_owned(),
+            text: "hello".to_owned(),
+            workflow: "no-such-flow".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert!(unknown.message().starts_with("workflow"), "{unknown:?}");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn turns_are_routed_by_interaction_type_and_stream_their_progress() {
+    let mut harness = Harness::start().await;
+    harness.agent(
+        "reflector",
+        |_| Duration::from_millis(600),
+        |_| {
+            Ok(custom(
+                "text",
+                "You sit with that feeling for a while. It is allowed to be here.",
+            ))
+        },
+    );
+    harness
+        .register(pb::WorkflowDefinition {
+            route: Some(pb::WorkflowRoute {
+                interaction_types: vec!["reflect".to_owned()],
+                precedence: 5,
+                ..Default::default()
+            }),
+            expected_duration: ms(200),
+            ..workflow("reflection", vec![step("reflect", "reflector", &[])])
+        })
+        .await;
+
+    let mut stream = harness
+        .client
+        .stream_turn(pb::ProcessUserInputRequest {
+            session_id: "s-reflect".to_owned(),
+            user_id: "player-1".to_owned(),
+            text: "i feel a bit lost today".to_owned(),
+            turn_id: "t1".to_owned(),
+            interaction_type: "reflect".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        events.push(event);
+    }
+    use pb::turn_event::Event;
+    let kinds: Vec<&Event> = events.iter().filter_map(|e| e.event.as_ref()).collect();
+    assert!(matches!(kinds.first(), Some(Event::Accepted(a)) if a.workflow == "reflection"));
+    assert!(
+        matches!(kinds.last(), Some(Event::Completed(_))),
+        "{kinds:?}"
+    );
+    let sequences: Vec<u32> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(sequences, (1..=events.len() as u32).collect::<Vec<_>>());
+    let position = |pred: &dyn Fn(&Event) -> bool| kinds.iter().position(|k| pred(k)).unwrap();
+    let started = position(&|k| matches!(k, Event::StepStarted(s) if s.step_id == "reflect"));
+    let slow = position(&|k| matches!(k, Event::Slow(s) if s.running_steps == ["reflect"]));
+    let finished = position(&|k| matches!(k, Event::StepFinished(_)));
+    let first_chunk = position(&|k| matches!(k, Event::NarrativeChunk(_)));
+    let verdict = position(
+        &|k| matches!(k, Event::SafetyVerdict(v) if v.source == pb::ContentSource::Agent as i32),
+    );
+    assert!(started < slow && slow < finished, "{kinds:?}");
+    assert!(
+        verdict < first_chunk,
+        "chunks only after the reply passed: {kinds:?}"
+    );
+    let chunks: String = kinds
+        .iter()
+        .filter_map(|k| match k {
+            Event::NarrativeChunk(chunk) => Some(chunk.text.as_str()),
+            _ => None,
+        })
+        .collect();
+    let Some(Event::Completed(done)) = kinds.last() else {
+        unreachable!()
+    };
+    let response = done.response.as_ref().unwrap();
+    assert_eq!(chunks, response.text);
+    assert_eq!(response.workflow, "reflection");
+
+    // Per-agent figures and workflow outcomes are in the diagnostics.
+    let admin = harness.gateway.as_ref().unwrap().admin_addr;
+    let (status, body) = http_get(admin, "/diagnostics").await.unwrap();
+    assert_eq!(status, 200);
+    let diagnostics: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let agents = diagnostics["agents"].as_array().unwrap();
+    let reflector = agents
+        .iter()
+        .find(|a| a["agent_type"] == "reflector")
+        .unwrap();
+    assert_eq!(reflector["steps"], 1);
+    assert!(
+        reflector["p95_ms"].as_f64().unwrap() >= 600.0,
+        "{reflector}"
+    );
+    let runs: HashMap<String, u64> = diagnostics["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                format!(
+                    "{}/{}",
+                    w["workflow"].as_str().unwrap(),
+                    w["status"].as_str().unwrap()
+                ),
+                w["runs"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(runs.get("reflection/ok"), Some(&1), "{runs:?}");
+    harness.stop().await;
+}
