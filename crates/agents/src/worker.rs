@@ -150,6 +150,7 @@ pub async fn heartbeat(
     keys: tta_runtime::redis::Keyspace,
     agent: AgentId,
     capabilities: Vec<String>,
+    labels: std::collections::HashMap<String, String>,
     interval: Duration,
     ttl: Duration,
     shutdown: Shutdown,
@@ -160,6 +161,7 @@ pub async fn heartbeat(
     let info = pb::AgentInfo {
         id: Some(pb::AgentId::from(&agent)),
         capabilities,
+        labels,
         topic: format!("agent.{}", agent.agent_type),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(prost_types::Timestamp::from(SystemTime::now())),
