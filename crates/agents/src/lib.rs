@@ -196,8 +196,10 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
                 connection,
                 keys,
                 agent_id,
-                capabilities,
-                labels,
+                worker::Profile {
+                    capabilities,
+                    labels,
+                },
                 interval,
                 ttl,
                 shutdown,
