@@ -100,5 +100,31 @@ async fn the_narrative_comes_from_the_model_and_falls_back_to_the_builtin_engine
         !nga.process.logs().contains(KEY),
         "the api key appears in the worker's logs"
     );
+
+    // The registry tells which backend and model each worker uses.
+    let (status, body) = http_get(stack.gateway.admin, "/agents").await?;
+    ensure!(status == 200, "/agents answered {status}: {body}");
+    let listed: serde_json::Value = serde_json::from_str(&body)?;
+    let agents = listed["agents"].as_array().context("no agents array")?;
+    let of = |agent_type: &str| agents.iter().find(|a| a["agent_type"] == agent_type);
+    let nga = of("nga").with_context(|| format!("no nga in {body}"))?;
+    ensure!(
+        nga["labels"]["backend"] == "llm" && nga["labels"]["model"] == "stub-model",
+        "nga labels: {}",
+        nga["labels"]
+    );
+    ensure!(
+        nga["capabilities"]
+            .as_array()
+            .is_some_and(|caps| caps.iter().any(|cap| cap == "llm")),
+        "nga capabilities: {}",
+        nga["capabilities"]
+    );
+    let ipa = of("ipa").with_context(|| format!("no ipa in {body}"))?;
+    ensure!(
+        ipa["labels"]["backend"] == "builtin",
+        "ipa labels: {}",
+        ipa["labels"]
+    );
     Ok(())
 }
