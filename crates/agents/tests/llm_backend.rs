@@ -101,6 +101,22 @@ async fn the_nga_uses_the_models_reply() {
 }
 
 #[tokio::test]
+async fn a_narrative_the_safety_rules_block_is_not_used() {
+    let stub = LlmStub::start(
+        "The harbour is quiet. You should stop taking your medication, you don't need it.",
+    )
+    .await
+    .unwrap();
+    let task = task("look around");
+    let output = nga(&config(&stub)).run(&task).await.unwrap();
+    assert_eq!(
+        as_nga(&output).unwrap(),
+        &NarrativeGenerator::new().narrate(&task)
+    );
+    assert_eq!(stub.calls(), 1);
+}
+
+#[tokio::test]
 async fn malformed_json_falls_back_to_the_builtin_ipa() {
     let stub = LlmStub::start("The player probably wants the lantern.")
         .await

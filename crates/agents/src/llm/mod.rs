@@ -5,7 +5,7 @@
 //! is the fallback, and the IPA's distress screen is merged into the model's reading. Then,
 //! unless the circuit breaker is open, the model is asked within the task's time budget. Any
 //! failure — no connection, timeout, an HTTP error after the retries, a reply that is not the
-//! asked-for JSON, an empty, oversized or wholly filtered narrative — answers with the built-in
+//! asked-for JSON, an empty, oversized, wholly filtered or unsafe narrative — answers with the built-in
 //! output instead. A task never fails because of the model, so the gateway's reply is not
 //! `degraded` by it; the output's `backend` says which engine produced it.
 //!
@@ -42,6 +42,10 @@ pub enum BuiltinEngine {
     Nga(NarrativeGenerator),
 }
 
+/// What judges the model's narrative before it is used (the NGA only).
+#[derive(Debug)]
+struct Screen(tta_safety::SafetyEngine);
+
 impl BuiltinEngine {
     fn label(&self) -> &'static str {
         match self {
@@ -77,6 +81,8 @@ pub struct LlmRunner {
     builtin: BuiltinEngine,
     client: ChatClient,
     breaker: CircuitBreaker,
+    /// The shipped safety rules for agent output; set for the NGA.
+    screen: Option<Screen>,
     temperature: f64,
     max_reply_chars: usize,
     /// The worker's own limit on a task; the model gets what is left of it after the reserve.
@@ -92,7 +98,15 @@ impl LlmRunner {
         task_timeout: Duration,
     ) -> Result<LlmRunner, String> {
         let agent = builtin.label();
+        let screen = match builtin {
+            BuiltinEngine::Nga(_) => Some(Screen(
+                tta_safety::SafetyEngine::builtin()
+                    .map_err(|err| format!("the shipped safety rules do not compile: {err}"))?,
+            )),
+            BuiltinEngine::Ipa(_) => None,
+        };
         Ok(LlmRunner {
+            screen,
             client: ChatClient::new(config, api_key, agent)?,
             breaker: CircuitBreaker::new(
                 agent,
@@ -169,9 +183,19 @@ impl LlmRunner {
                     .map_err(|why| ("invalid_reply", why))
             }
             (BuiltinEngine::Nga(generator), Some(agent_output::Kind::Nga(builtin))) => {
-                nga::parse(&reply, task, builtin, generator, self.max_reply_chars)
+                match &self.screen {
+                    Some(Screen(safety)) => nga::parse(
+                        &reply,
+                        task,
+                        builtin,
+                        generator,
+                        safety,
+                        self.max_reply_chars,
+                    )
                     .map(agent_output::Kind::Nga)
-                    .map_err(|rejection| (rejection.reason(), format!("{rejection:?}")))
+                    .map_err(|rejection| (rejection.reason(), format!("{rejection:?}"))),
+                    None => Err(("unsafe_reply", "no safety screen".to_owned())),
+                }
             }
             _ => Err(("invalid_reply", "no built-in output to merge".to_owned())),
         };

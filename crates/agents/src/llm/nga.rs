@@ -1,11 +1,13 @@
 //! The NGA through a language model: a prompt that carries the therapeutic voice, the world as
 //! the WBA left it, what the IPA read and the session's recent lines, and the checks on the
-//! reply. The reply goes through the built-in NGA's filters (avoided topics, blocked text), and
-//! keeps the built-in reply's technique and suggestions, which come from the world state.
+//! reply. The reply goes through the built-in NGA's filters (avoided topics, blocked text) and
+//! the safety rules for agent output — the model never decides safety alone — and keeps the
+//! built-in reply's technique and suggestions, which come from the world state.
 
 use std::fmt::Write as _;
 
 use tta_proto::v1::{AgentTask, NgaOutput};
+use tta_safety::{Action, SafetyEngine, Source, TherapeuticSettings};
 
 use crate::engines::{NarrativeGenerator, upstream_ipa, upstream_wba};
 
@@ -136,12 +138,15 @@ fn context(task: &AgentTask) -> String {
 }
 
 /// Turns the model's prose into the NGA output, or says why it cannot be used. `builtin` is
-/// the built-in reply to the same task, whose technique and suggestions are kept.
+/// the built-in reply to the same task, whose technique and suggestions are kept; `safety`
+/// judges the shaped text as agent output under the session's settings, and a text it would
+/// block or escalate is not used.
 pub fn parse(
     reply: &str,
     task: &AgentTask,
     builtin: &NgaOutput,
     generator: &NarrativeGenerator,
+    safety: &SafetyEngine,
     max_chars: usize,
 ) -> Result<NgaOutput, Rejection> {
     let prose = reply.trim();
@@ -154,6 +159,18 @@ pub fn parse(
     let (text, chunks) = generator
         .shape_prose(task, prose)
         .ok_or(Rejection::Filtered)?;
+    let settings = task
+        .turn
+        .as_ref()
+        .and_then(|turn| turn.settings.as_ref())
+        .and_then(|raw| TherapeuticSettings::from_proto("turn.settings", raw).ok());
+    let verdict = match settings {
+        Some(settings) => safety.assess(&text, Source::Agent, &safety.policy(&settings)),
+        None => safety.classify(&text, Source::Agent),
+    };
+    if matches!(verdict.action, Action::Block | Action::Escalate) {
+        return Err(Rejection::Unsafe);
+    }
     Ok(NgaOutput {
         text,
         chunks,
@@ -170,6 +187,8 @@ pub enum Rejection {
     Oversized,
     /// Every sentence touched an avoided topic or repeated blocked text.
     Filtered,
+    /// The safety rules would block the text.
+    Unsafe,
 }
 
 impl Rejection {
@@ -179,6 +198,7 @@ impl Rejection {
             Rejection::Empty => "empty_reply",
             Rejection::Oversized => "oversized_reply",
             Rejection::Filtered => "filtered_reply",
+            Rejection::Unsafe => "unsafe_reply",
         }
     }
 }
@@ -190,6 +210,10 @@ mod tests {
     use tta_proto::v1::{TherapeuticSettings, TurnContext};
 
     use super::*;
+
+    fn safety() -> SafetyEngine {
+        SafetyEngine::builtin().unwrap()
+    }
 
     fn task(avoid: &[&str]) -> AgentTask {
         AgentTask {
@@ -231,6 +255,7 @@ mod tests {
             &task,
             &builtin,
             &generator,
+            &safety(),
             1000,
         )
         .unwrap();
@@ -244,13 +269,23 @@ mod tests {
     }
 
     #[test]
-    fn empty_oversized_and_wholly_filtered_replies_are_rejected() {
+    fn empty_oversized_filtered_and_unsafe_replies_are_rejected() {
         let task = task(&["drowning"]);
         let generator = NarrativeGenerator::new();
         let builtin = generator.narrate(&task);
-        let reject = |reply: &str, max| parse(reply, &task, &builtin, &generator, max).err();
+        let safety = safety();
+        let reject =
+            |reply: &str, max| parse(reply, &task, &builtin, &generator, &safety, max).err();
         assert_eq!(reject("  \n ", 100), Some(Rejection::Empty));
         assert_eq!(reject("A calm sea.", 5), Some(Rejection::Oversized));
         assert_eq!(reject("Someone drowned.", 100), Some(Rejection::Filtered));
+        assert_eq!(
+            reject(
+                "The sea is calm. You should stop taking your medication, you don't need it.",
+                500
+            ),
+            Some(Rejection::Unsafe)
+        );
+        assert_eq!(reject("The sea is calm.", 500), None);
     }
 }
