@@ -268,6 +268,10 @@ config_args=()
 if [ -n "${TTA_CONFIG:-}" ]; then
   config_args=(--config "$TTA_CONFIG")
 fi
+# The example workflows, unless the configuration names its own file.
+if [ -z "${TTA_CONFIG:-}" ] && [ -z "${TTA_GATEWAY__WORKFLOWS_FILE:-}" ]; then
+  export TTA_GATEWAY__WORKFLOWS_FILE="$PWD/deploy/workflows/example.yaml"
+fi
 
 # Every service reads the same chain (defaults, file, TTA_ environment); the broker's dump of it
 # validates the configuration once, up front, and tells us where everything will listen.

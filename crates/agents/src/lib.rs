@@ -1,9 +1,11 @@
 //! The built-in agent workers. Each binary (`tta-ipa`, `tta-wba`, `tta-nga`) is one worker
 //! process: it consumes `agent.<type>` from the broker, runs its [`engines`] engine and
 //! publishes the result to the task's reply topic before acking the task ([`worker`]); the WBA
-//! keeps each session's world in Redis, applied once per turn ([`state`]).
+//! keeps each session's world in Redis, applied once per turn ([`state`]). The IPA and NGA can
+//! ask an OpenAI-compatible endpoint instead, with the built-in engine as fallback ([`llm`]).
 
 pub mod engines;
+pub mod llm;
 
 pub mod state;
 pub mod worker;
@@ -20,10 +22,11 @@ use tta_runtime::{
     redis::Keyspace,
     service::{BuiltInAgent, run_main},
 };
-use tta_types::AgentId;
+use tta_types::{AgentId, config::AgentBackend};
 
 use crate::{
-    engines::{Engine, EngineState, World, WorldState},
+    engines::{Engine, EngineState, InputProcessor, NarrativeGenerator, World, WorldState},
+    llm::{BuiltinEngine, LlmRunner},
     state::StateStore,
     worker::{TaskError, TaskRunner, Worker},
 };
@@ -123,11 +126,45 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
 
     let state =
         (agent == BuiltInAgent::Wba).then(|| StateStore::new(keys.clone(), connection.clone()));
+    let mut capabilities = vec![agent_type.to_string()];
+    let mut labels = std::collections::HashMap::from([(
+        "backend".to_owned(),
+        worker_config.backend.as_str().to_owned(),
+    )]);
+    let runner: Arc<dyn TaskRunner> = match (worker_config.backend, agent) {
+        (AgentBackend::Llm, BuiltInAgent::Ipa | BuiltInAgent::Nga) => {
+            let llm = &config.agents.llm;
+            let api_key = llm::resolve_api_key(llm, |name| std::env::var(name).ok())?;
+            let builtin = match agent {
+                BuiltInAgent::Ipa => BuiltinEngine::Ipa(
+                    worlds
+                        .iter()
+                        .fold(InputProcessor::new(), |ipa, world| ipa.with_world(world)),
+                ),
+                _ => BuiltinEngine::Nga(NarrativeGenerator::new()),
+            };
+            capabilities.push("llm".to_owned());
+            labels.insert("model".to_owned(), llm.model.clone());
+            tracing::info!(
+                agent = %agent_id,
+                endpoint = %tta_types::config::redact_url_password(&llm.endpoint),
+                model = %llm.model,
+                "answering through the llm backend, with the built-in engine as fallback"
+            );
+            Arc::new(LlmRunner::new(
+                builtin,
+                llm,
+                api_key.as_ref(),
+                worker_config.task_timeout,
+            )?)
+        }
+        _ => Arc::new(EngineRunner { engine, state }),
+    };
     let publisher = Publisher::connect_lazy(&config.agents.broker_endpoint)?;
     let worker = Arc::new(Worker {
         agent: agent_id.clone(),
         publisher: publisher.clone(),
-        runner: Arc::new(EngineRunner { engine, state }),
+        runner,
         task_timeout: worker_config.task_timeout,
     });
     let subscription = Subscription {
@@ -159,7 +196,10 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
                 connection,
                 keys,
                 agent_id,
-                vec![agent_type.to_string()],
+                worker::Profile {
+                    capabilities,
+                    labels,
+                },
                 interval,
                 ttl,
                 shutdown,

@@ -143,13 +143,22 @@ impl Worker {
     }
 }
 
+/// What a worker advertises in the agent registry besides its id.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    /// Capability tags, e.g. `ipa` and `llm`.
+    pub capabilities: Vec<String>,
+    /// Free-form labels, e.g. `backend` and `model`.
+    pub labels: std::collections::HashMap<String, String>,
+}
+
 /// Keeps this worker visible in the agent registry: a key per instance that expires unless
 /// refreshed, plus an index set for listing.
 pub async fn heartbeat(
     connection: redis::aio::ConnectionManager,
     keys: tta_runtime::redis::Keyspace,
     agent: AgentId,
-    capabilities: Vec<String>,
+    profile: Profile,
     interval: Duration,
     ttl: Duration,
     shutdown: Shutdown,
@@ -159,7 +168,8 @@ pub async fn heartbeat(
     let index = keys.agent_index();
     let info = pb::AgentInfo {
         id: Some(pb::AgentId::from(&agent)),
-        capabilities,
+        capabilities: profile.capabilities,
+        labels: profile.labels,
         topic: format!("agent.{}", agent.agent_type),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(prost_types::Timestamp::from(SystemTime::now())),

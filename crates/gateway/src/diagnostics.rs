@@ -62,6 +62,7 @@ async fn agents(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Valu
                 "instance": id.instance,
                 "topic": info.topic,
                 "capabilities": info.capabilities,
+                "labels": info.labels,
                 "version": info.version,
                 "uptime_seconds": age(&info.started_at),
                 "last_heartbeat_age_seconds": age(&info.last_heartbeat),

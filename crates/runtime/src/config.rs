@@ -224,6 +224,13 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_file_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/tta.yaml");
+        let config = load_from(Some(&path), Env::prefixed("TTA_TEST_NOTHING_"), |_| {}).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
     fn file_values_override_defaults_and_keep_the_rest() {
         let config =
             load_file("broker:\n  visibility_timeout: 5s\n  retry:\n    max_retries: 7\n").unwrap();

@@ -1,16 +1,19 @@
 //! Everything a TTA test needs to run against real parts: a private `redis-server` on a free
 //! port (optionally with AOF, killable and restartable for fault tests), services in-process on
 //! ephemeral ports, service binaries as real processes, and waits with deadlines instead of
-//! sleeps.
+//! sleeps; and [`LlmStub`], an OpenAI-compatible chat-completions server standing in for a
+//! remote language model.
 //!
 //! Tests never touch a Redis database they did not create: each test gets its own server, or
 //! its own key prefix (see [`unique_prefix`]).
 
+pub mod llm_stub;
 mod ports;
 mod process;
 mod redis_server;
 mod wait;
 
+pub use llm_stub::LlmStub;
 pub use ports::free_port;
 pub use process::{ServiceProcess, binary_path};
 pub use redis_server::RedisServer;

@@ -89,7 +89,7 @@ impl Stack {
         test: &str,
         workers_per_agent: usize,
     ) -> anyhow::Result<Self> {
-        Self::start_with(redis_url, test, &WORKERS, workers_per_agent).await
+        Self::launch(redis_url, test, &WORKERS, workers_per_agent, &[]).await
     }
 
     /// Like [`Stack::start`] with only the given worker binaries, for tests that stand in for
@@ -100,9 +100,30 @@ impl Stack {
         worker_binaries: &[&'static str],
         workers_per_agent: usize,
     ) -> anyhow::Result<Self> {
+        Self::launch(redis_url, test, worker_binaries, workers_per_agent, &[]).await
+    }
+
+    /// [`Stack::start`] with extra environment variables for every process, e.g. `TTA_…`
+    /// configuration overrides.
+    pub async fn start_with_env(
+        redis_url: &str,
+        test: &str,
+        workers_per_agent: usize,
+        extra_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
+        Self::launch(redis_url, test, &WORKERS, workers_per_agent, extra_env).await
+    }
+
+    async fn launch(
+        redis_url: &str,
+        test: &str,
+        worker_binaries: &[&'static str],
+        workers_per_agent: usize,
+        extra_env: &[(&'static str, String)],
+    ) -> anyhow::Result<Self> {
         let prefix = tta_testkit::unique_prefix(test);
         let worlds = repository_root().join("deploy/worlds");
-        let common = vec![
+        let mut common = vec![
             ("TTA_REDIS_URL", redis_url.to_owned()),
             ("TTA_REDIS__KEY_PREFIX", prefix.clone()),
             ("TTA_AGENTS__WORLDS_DIR", worlds.display().to_string()),
@@ -110,6 +131,7 @@ impl Stack {
             ("TTA_BROKER__VISIBILITY_TIMEOUT", "2s".to_owned()),
             ("TTA_BROKER__RETRY__BASE_DELAY", "100ms".to_owned()),
         ];
+        common.extend(extra_env.iter().cloned());
         let broker = spawn("tta-broker", true, common.clone())?;
         wait_ready(&broker).await?;
         let broker_url = format!("http://{}", broker.grpc.context("broker without grpc")?);
@@ -149,6 +171,11 @@ impl Stack {
                 .map(|addr| addr.to_string())
                 .unwrap_or_default()
         )
+    }
+
+    /// The first running instance of a worker binary (`tta-ipa`, `tta-wba`, `tta-nga`).
+    pub fn worker(&self, binary: &str) -> Option<&Running> {
+        self.workers.iter().find(|worker| worker.binary == binary)
     }
 
     pub fn gateway_url(&self) -> String {

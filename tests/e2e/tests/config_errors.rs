@@ -143,3 +143,47 @@ async fn a_bad_workflows_file_exits_2_naming_the_key_and_the_field() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_llm_backend_without_an_endpoint_exits_2_naming_the_keys() -> anyhow::Result<()> {
+    let (code, logs) = run_to_exit(
+        "tta-nga",
+        &[],
+        &[("TTA_AGENTS__NGA__BACKEND", "llm".to_owned())],
+    )
+    .await?;
+    ensure!(code == 2, "exit code {code}; output:\n{logs}");
+    ensure!(
+        logs.contains("agents.llm.endpoint") && logs.contains("agents.llm.model"),
+        "output does not name the keys:\n{logs}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn dump_config_masks_the_llm_api_key() -> anyhow::Result<()> {
+    let (code, logs) = run_to_exit(
+        "tta-ipa",
+        &["--dump-config".to_owned()],
+        &[
+            ("TTA_AGENTS__IPA__BACKEND", "llm".to_owned()),
+            (
+                "TTA_AGENTS__LLM__ENDPOINT",
+                "http://127.0.0.1:11434/v1".to_owned(),
+            ),
+            ("TTA_AGENTS__LLM__MODEL", "llama3.1:8b".to_owned()),
+            ("TTA_AGENTS__LLM__API_KEY", "sk-dump-9c2e".to_owned()),
+        ],
+    )
+    .await?;
+    ensure!(code == 0, "exit code {code}; output:\n{logs}");
+    ensure!(
+        logs.contains("backend: llm") && logs.contains("api_key: '***'"),
+        "the llm settings are not shown masked:\n{logs}"
+    );
+    ensure!(
+        !logs.contains("sk-dump-9c2e"),
+        "the key was printed:\n{logs}"
+    );
+    Ok(())
+}

@@ -472,3 +472,101 @@ pub fn same_content(a: &pb::WorkflowDefinition, b: &pb::WorkflowDefinition) -> b
     };
     strip(a) == strip(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: Defaults = Defaults {
+        total_timeout: Duration::from_secs(2),
+        step_timeout: Duration::from_secs(5),
+    };
+
+    fn step(id: &str, depends_on: &[&str]) -> pb::WorkflowStep {
+        pb::WorkflowStep {
+            id: id.to_owned(),
+            agent_type: id.to_owned(),
+            depends_on: depends_on.iter().map(|d| (*d).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn definition(steps: Vec<pb::WorkflowStep>) -> pb::WorkflowDefinition {
+        pb::WorkflowDefinition {
+            name: "test".to_owned(),
+            steps,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_shipped_example_workflows_are_valid() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/workflows/example.yaml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let definitions = json::definitions_from_yaml(&text).unwrap();
+        assert!(definitions.len() >= 2);
+        for definition in &definitions {
+            validate(definition, DEFAULTS).unwrap();
+        }
+        for definition in super::super::builtin::definitions() {
+            validate(&definition, DEFAULTS).unwrap();
+        }
+    }
+
+    #[test]
+    fn steps_come_in_dependency_order_with_defaults_filled_in() {
+        let workflow = validate(
+            &definition(vec![
+                step("nga", &["wba", "ipa"]),
+                step("wba", &["ipa"]),
+                step("ipa", &[]),
+            ]),
+            DEFAULTS,
+        )
+        .unwrap();
+        let order: Vec<&str> = workflow.steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(order, ["ipa", "wba", "nga"]);
+        assert_eq!(workflow.output_step, "nga");
+        assert_eq!(workflow.total_timeout, Duration::from_secs(2));
+        // A step's default timeout never exceeds the workflow's.
+        assert_eq!(workflow.steps[0].timeout, Duration::from_secs(2));
+        assert_eq!(workflow.steps[2].ancestors, ["ipa", "wba"]);
+    }
+
+    #[test]
+    fn a_fallback_step_may_not_depend_on_the_step_it_replaces() {
+        let mut primary = step("primary", &[]);
+        primary.fallback = Some(pb::workflow_step::Fallback::FallbackStep(
+            "backup".to_owned(),
+        ));
+        let err = validate(
+            &definition(vec![primary, step("backup", &["primary"])]),
+            DEFAULTS,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("definition.steps[0].fallback_step: step \"backup\" depends on"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn conditions_must_parse_and_name_existing_fields() {
+        let mut nga = step("nga", &["ipa"]);
+        nga.condition = "ipa.intnt == \"move\"".to_owned();
+        let err = validate(&definition(vec![step("ipa", &[]), nga.clone()]), DEFAULTS)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("definition.steps[1].condition"), "{err}");
+        assert!(err.contains("intnt"), "{err}");
+        nga.condition = "ipa.intent ==".to_owned();
+        let err = validate(&definition(vec![step("ipa", &[]), nga]), DEFAULTS)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid condition"), "{err}");
+    }
+}

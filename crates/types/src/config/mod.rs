@@ -354,6 +354,122 @@ pub struct AgentWorkerConfig {
     pub concurrency: usize,
     #[serde(with = "duration")]
     pub task_timeout: Duration,
+    /// Which engine answers the tasks: the built-in one, or the OpenAI-compatible endpoint of
+    /// `agents.llm` with the built-in engine as fallback (IPA and NGA only).
+    pub backend: AgentBackend,
+}
+
+/// The engine behind an agent worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentBackend {
+    /// The rule-based IPA, the world file WBA, the template NGA: no model needed.
+    #[default]
+    Builtin,
+    /// The chat-completions endpoint of `agents.llm`; the built-in engine answers whenever it
+    /// fails, times out, replies with something unusable or its circuit breaker is open.
+    Llm,
+}
+
+impl AgentBackend {
+    /// The `backend` label of outputs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentBackend::Builtin => "builtin",
+            AgentBackend::Llm => "llm",
+        }
+    }
+}
+
+/// A secret value: shown as `***` by `Debug`, so it never reaches a log line by accident, and
+/// masked by [`Config::redacted`] before the configuration is printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// An OpenAI-compatible chat-completions endpoint (vLLM, llama.cpp server, Ollama,
+/// OpenRouter, …) for the workers whose `backend` is `llm`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LlmConfig {
+    /// The API base URL, e.g. `http://127.0.0.1:11434/v1`; requests go to
+    /// `<endpoint>/chat/completions` (a URL already ending in `/chat/completions` is used as is).
+    pub endpoint: String,
+    /// The model name the endpoint serves, e.g. `llama3.1:8b`.
+    pub model: String,
+    /// Sent as `Authorization: Bearer <api_key>`. Prefer `api_key_env`, which keeps the key out
+    /// of files.
+    pub api_key: Option<Secret>,
+    /// Name of an environment variable holding the API key (e.g. `OPENAI_API_KEY`), read by the
+    /// worker at start-up.
+    pub api_key_env: Option<String>,
+    /// Limit of one HTTP request. Every attempt and the fallback together stay within the
+    /// worker's `task_timeout` and the task's deadline.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Further attempts after a retryable failure (connection error, 429, 5xx, timeout).
+    pub max_retries: u32,
+    /// `max_tokens` of each request.
+    pub max_tokens: u32,
+    /// Sampling temperature, 0 to 2. The IPA always asks with temperature 0.
+    pub temperature: f64,
+    /// A narrative reply longer than this (in characters) is not used.
+    pub max_reply_chars: usize,
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            model: String::new(),
+            api_key: None,
+            api_key_env: None,
+            timeout: Duration::from_secs(4),
+            max_retries: 1,
+            max_tokens: 400,
+            temperature: 0.7,
+            max_reply_chars: 4000,
+            circuit_breaker: CircuitBreakerConfig::default(),
+        }
+    }
+}
+
+/// Stops calling an endpoint that keeps failing: after `failure_threshold` failed calls in a
+/// row the breaker opens for `open_for` (every task goes straight to the built-in engine), then
+/// lets one probe call through and closes again if it succeeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    pub failure_threshold: u32,
+    #[serde(with = "duration")]
+    pub open_for: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Without an agent to take the port from, any free port. The `agents` section's defaults give
@@ -372,6 +488,7 @@ impl AgentWorkerConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], port)),
             concurrency: 64,
             task_timeout: Duration::from_secs(5),
+            backend: AgentBackend::Builtin,
         }
     }
 }
@@ -394,6 +511,8 @@ pub struct AgentsConfig {
     pub ipa: AgentWorkerConfig,
     pub wba: AgentWorkerConfig,
     pub nga: AgentWorkerConfig,
+    /// The chat-completions endpoint of the workers whose `backend` is `llm`.
+    pub llm: LlmConfig,
 }
 
 impl AgentsConfig {
@@ -413,6 +532,7 @@ impl Default for AgentsConfig {
             ipa: AgentWorkerConfig::with_admin_port(9061),
             wba: AgentWorkerConfig::with_admin_port(9062),
             nga: AgentWorkerConfig::with_admin_port(9063),
+            llm: LlmConfig::default(),
         }
     }
 }
@@ -470,10 +590,14 @@ impl Default for SafetyConfig {
 }
 
 impl Config {
-    /// A copy that is safe to log or print: passwords in URLs are masked.
+    /// A copy that is safe to log or print: passwords in URLs and API keys are masked.
     pub fn redacted(&self) -> Config {
         let mut copy = self.clone();
         copy.redis.url = redact_url_password(&copy.redis.url);
+        copy.agents.llm.endpoint = redact_url_password(&copy.agents.llm.endpoint);
+        if let Some(key) = copy.agents.llm.api_key.as_mut() {
+            *key = Secret::new("***");
+        }
         if let Some(endpoint) = copy.telemetry.otlp_endpoint.as_mut() {
             *endpoint = redact_url_password(endpoint);
         }
@@ -618,5 +742,49 @@ agents:
         let mut config = Config::default();
         config.redis.url = "redis://:s3cret@db:6379".into();
         assert!(!format!("{:?}", config.redacted()).contains("s3cret"));
+    }
+
+    #[test]
+    fn api_keys_are_masked_when_printed_and_never_debug_formatted() {
+        let mut config = Config::default();
+        config.agents.llm.api_key = Some(Secret::new("sk-live-123"));
+        config.agents.llm.endpoint = "https://user:pw-456@llm.example/v1".into();
+        assert!(!format!("{config:?}").contains("sk-live-123"));
+        let printed = serde_yaml::to_string(&config.redacted()).unwrap();
+        assert!(!printed.contains("sk-live-123"), "{printed}");
+        assert!(!printed.contains("pw-456"), "{printed}");
+        assert!(printed.contains("api_key: '***'"), "{printed}");
+        // The unredacted config still carries the key for the worker that sends it.
+        assert_eq!(
+            config.agents.llm.api_key.as_ref().map(Secret::expose),
+            Some("sk-live-123")
+        );
+    }
+
+    #[test]
+    fn reads_the_llm_backend_switch() {
+        let yaml = r#"
+agents:
+  ipa:
+    backend: llm
+  llm:
+    endpoint: "http://127.0.0.1:11434/v1"
+    model: "llama3.1:8b"
+    api_key_env: OPENAI_API_KEY
+    timeout: 2s
+    circuit_breaker:
+      failure_threshold: 3
+      open_for: 10s
+"#;
+        let config: Config = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(config.agents.ipa.backend, AgentBackend::Llm);
+        assert_eq!(config.agents.nga.backend, AgentBackend::Builtin);
+        assert_eq!(config.agents.llm.timeout, Duration::from_secs(2));
+        assert_eq!(config.agents.llm.circuit_breaker.failure_threshold, 3);
+        assert_eq!(
+            config.agents.llm.api_key_env.as_deref(),
+            Some("OPENAI_API_KEY")
+        );
+        assert!(serde_yaml::from_str::<Config>("agents:\n  nga:\n    backend: gpt\n").is_err());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, fmt, net::SocketAddr};
 
-use super::{Config, ListenConfig, RetryConfig};
+use super::{AgentBackend, Config, ListenConfig, RetryConfig};
 
 /// One thing wrong with a configuration, at a dotted key path such as `broker.retry.factor`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +251,7 @@ impl Config {
             || "must not be empty (e.g. \"en-US\")".to_owned(),
         );
 
+        self.check_llm(&mut c);
         self.check_distinct_addresses(&mut c);
 
         if c.0.is_empty() {
@@ -258,6 +259,75 @@ impl Config {
         } else {
             Err(ConfigIssues(c.0))
         }
+    }
+
+    /// The WBA plays a world file and has no model backend; the `llm` section must be complete
+    /// as soon as one worker uses it.
+    fn check_llm(&self, c: &mut Collector) {
+        c.check(
+            self.agents.wba.backend == AgentBackend::Builtin,
+            "agents.wba.backend",
+            || {
+                "must be \"builtin\": the wba plays the world file and has no llm backend"
+                    .to_owned()
+            },
+        );
+        let llm = &self.agents.llm;
+        let used = [&self.agents.ipa, &self.agents.nga]
+            .iter()
+            .any(|worker| worker.backend == AgentBackend::Llm);
+        if !used && llm.endpoint.is_empty() {
+            return;
+        }
+        c.check(
+            llm.endpoint.starts_with("http://") || llm.endpoint.starts_with("https://"),
+            "agents.llm.endpoint",
+            || "must be an http:// or https:// URL such as http://127.0.0.1:11434/v1".to_owned(),
+        );
+        c.check(!llm.model.trim().is_empty(), "agents.llm.model", || {
+            "must name the model the endpoint serves".to_owned()
+        });
+        c.check(
+            !(llm.api_key.is_some() && llm.api_key_env.is_some()),
+            "agents.llm.api_key",
+            || "set either api_key or api_key_env, not both".to_owned(),
+        );
+        if let Some(variable) = &llm.api_key_env {
+            c.check(
+                !variable.is_empty()
+                    && variable
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '_'),
+                "agents.llm.api_key_env",
+                || "must be an environment variable name (letters, digits, '_')".to_owned(),
+            );
+        }
+        c.check(!llm.timeout.is_zero(), "agents.llm.timeout", || {
+            "must be greater than zero".to_owned()
+        });
+        c.check(llm.max_tokens >= 1, "agents.llm.max_tokens", || {
+            "must be at least 1".to_owned()
+        });
+        c.check(
+            (0.0..=2.0).contains(&llm.temperature),
+            "agents.llm.temperature",
+            || format!("must be within [0, 2], got {}", llm.temperature),
+        );
+        c.check(
+            llm.max_reply_chars >= 1,
+            "agents.llm.max_reply_chars",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            llm.circuit_breaker.failure_threshold >= 1,
+            "agents.llm.circuit_breaker.failure_threshold",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            !llm.circuit_breaker.open_for.is_zero(),
+            "agents.llm.circuit_breaker.open_for",
+            || "must be greater than zero".to_owned(),
+        );
     }
 
     /// Two services configured on the same address would fail at bind time with a vaguer error;
@@ -351,6 +421,44 @@ mod tests {
         let mut config = Config::default();
         config.gateway.listen = ListenConfig::loopback(0, 0);
         config.broker.listen = ListenConfig::loopback(0, 0);
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_llm_backend_needs_a_complete_llm_section() {
+        let mut config = Config::default();
+        config.agents.nga.backend = AgentBackend::Llm;
+        assert_eq!(
+            issue_paths(&config),
+            ["agents.llm.endpoint", "agents.llm.model"]
+        );
+
+        config.agents.llm.endpoint = "http://127.0.0.1:11434/v1".into();
+        config.agents.llm.model = "llama3.1:8b".into();
+        assert_eq!(config.validate(), Ok(()));
+
+        config.agents.llm.api_key = Some(crate::config::Secret::new("k"));
+        config.agents.llm.api_key_env = Some("OPENAI API KEY".into());
+        config.agents.llm.temperature = 3.0;
+        config.agents.llm.circuit_breaker.failure_threshold = 0;
+        config.agents.wba.backend = AgentBackend::Llm;
+        assert_eq!(
+            issue_paths(&config),
+            [
+                "agents.wba.backend",
+                "agents.llm.api_key",
+                "agents.llm.api_key_env",
+                "agents.llm.temperature",
+                "agents.llm.circuit_breaker.failure_threshold"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unused_llm_section_is_not_checked() {
+        let mut config = Config::default();
+        config.agents.llm.model = String::new();
+        config.agents.llm.timeout = Duration::ZERO;
         assert_eq!(config.validate(), Ok(()));
     }
 

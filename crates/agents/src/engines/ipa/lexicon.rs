@@ -26,6 +26,31 @@ pub enum Intent {
 }
 
 impl Intent {
+    /// Every intent, in the order of the contract's vocabulary.
+    pub const ALL: [Intent; 14] = [
+        Intent::Move,
+        Intent::Look,
+        Intent::Examine,
+        Intent::Take,
+        Intent::Drop,
+        Intent::Use,
+        Intent::Talk,
+        Intent::Inventory,
+        Intent::Help,
+        Intent::Reflect,
+        Intent::ExpressFeeling,
+        Intent::Rest,
+        Intent::Quit,
+        Intent::Unknown,
+    ];
+
+    /// Reads a wire string back; `None` for anything outside the vocabulary.
+    pub fn parse(label: &str) -> Option<Intent> {
+        Intent::ALL
+            .into_iter()
+            .find(|intent| intent.as_str() == label)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Intent::Move => "move",

@@ -78,6 +78,27 @@ impl NarrativeGenerator {
     }
 }
 
+impl NarrativeGenerator {
+    /// Shapes prose written elsewhere (a language model) like the built-in reply: paragraphs of
+    /// sentences with streaming chunks, and the same filters — sentences touching the session's
+    /// avoided topics, or repeating a reply the safety check blocked, are dropped. `None` when
+    /// nothing is left.
+    pub fn shape_prose(&self, task: &AgentTask, prose: &str) -> Option<(String, Vec<String>)> {
+        let settings = task.turn.as_ref().and_then(|turn| turn.settings.as_ref());
+        let mut shaped = reply::Reply::default();
+        for paragraph in prose.split("\n\n") {
+            let paragraph = paragraph.split_whitespace().collect::<Vec<_>>().join(" ");
+            shaped.paragraph(&[paragraph]);
+        }
+        if let Some(alternative) = &task.alternative {
+            shaped.retain(|sentence| !appears_in(sentence, &alternative.rejected_text));
+        }
+        let topics = AvoidTopics::new(settings.map_or(&[], |s| s.avoid_topics.as_slice()));
+        shaped.retain(|sentence| !topics.touches(sentence));
+        (!shaped.is_empty()).then(|| shaped.render())
+    }
+}
+
 impl Engine for NarrativeGenerator {
     fn agent_type(&self) -> AgentType {
         AgentType::Nga
