@@ -14,6 +14,7 @@ pub mod safety;
 pub mod stats;
 pub mod store;
 pub mod turn;
+pub mod webhook;
 pub mod workflow;
 
 use std::{sync::Arc, time::Duration};
@@ -121,12 +122,9 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     ));
     let seeds = workflow_seeds(&config, workflows.defaults())?;
     let store = store::Store::new(keys.clone(), connection);
-    let guard = guard::SafetyGuard::load(
-        &config.safety,
-        tta_runtime::redis::pool(&config.redis)?,
-        &keys,
-    )
-    .map_err(|err| ConfigFileError::new("safety", err.to_string()))?;
+    let safety_pool = tta_runtime::redis::pool(&config.redis)?;
+    let guard = guard::SafetyGuard::load(&config.safety, safety_pool.clone(), &keys)
+        .map_err(|err| ConfigFileError::new("safety", err.to_string()))?;
     let registry = store.clone();
     let probe = store.clone();
     context
@@ -160,7 +158,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         dispatcher.clone(),
         guard.clone(),
         workflows.clone(),
-        instance,
+        instance.clone(),
     );
     let service = orchestrator::OrchestratorService::new(config.clone(), turns);
 
@@ -174,6 +172,20 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     }
     let shutdown = context.shutdown.clone();
     let handler = dispatcher.result_handler();
+    if let Some(webhook) = config.safety.webhook.clone() {
+        let store = tta_safety::escalation::EscalationStore::new(safety_pool, &keys);
+        // Before the gateway serves, so an escalation raised by its first turn is forwarded;
+        // if Redis is not there yet, the forwarder creates the group when it is.
+        if let Err(err) = webhook::prepare(&store).await {
+            tracing::warn!(error = %err, "cannot prepare the escalation webhook yet");
+        }
+        let shutdown = context.shutdown.clone();
+        let consumer = instance.clone();
+        parts = parts.with_task("escalation-webhook", async move {
+            webhook::forward(store, webhook, consumer, shutdown).await;
+            Ok(())
+        });
+    }
     let rules_shutdown = context.shutdown.clone();
     let workflows_shutdown = context.shutdown.clone();
     Ok(parts

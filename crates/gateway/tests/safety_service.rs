@@ -326,3 +326,75 @@ async fn reloads_can_be_switched_off() {
     assert_eq!(status.code(), Code::PermissionDenied);
     gateway.service.stop(Duration::from_secs(2)).await.unwrap();
 }
+
+type Accepted = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+type Attempts = std::sync::Arc<std::sync::atomic::AtomicUsize>;
+
+/// An HTTP endpoint that refuses its first `failures` posts, then accepts and keeps them.
+async fn webhook_endpoint(failures: usize) -> (String, Accepted, Attempts) {
+    use std::sync::atomic::Ordering;
+    let accepted: Accepted = Accepted::default();
+    let attempts: Attempts = Attempts::default();
+    let state = (accepted.clone(), attempts.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(
+            move |axum::extract::State((accepted, attempts)): axum::extract::State<(
+                Accepted,
+                Attempts,
+            )>,
+                  axum::Json(body): axum::Json<serde_json::Value>| async move {
+                if attempts.fetch_add(1, Ordering::SeqCst) < failures {
+                    return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                accepted.lock().unwrap().push(body);
+                axum::http::StatusCode::NO_CONTENT
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, app.with_state(state)).await.unwrap();
+    });
+    (url, accepted, attempts)
+}
+
+#[tokio::test]
+async fn every_escalation_reaches_the_webhook_even_when_it_fails_at_first() {
+    let (url, accepted, attempts) = webhook_endpoint(2).await;
+    let mut gateway = start(move |config| {
+        config.safety.webhook = Some(tta_types::config::WebhookConfig {
+            url,
+            timeout: Duration::from_secs(2),
+            max_backoff: Duration::from_millis(300),
+        });
+    })
+    .await;
+    let raised = gateway
+        .client
+        .classify(user("i am going to end my life tonight", "session-webhook"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!raised.escalation_id.is_empty());
+    tta_testkit::wait_until(Duration::from_secs(10), "the webhook accepted", || {
+        let accepted = accepted.clone();
+        async move { (!accepted.lock().unwrap().is_empty()).then_some(()) }
+    })
+    .await
+    .unwrap();
+    // Give a duplicate the chance to show up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bodies = accepted.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    assert_eq!(bodies[0]["id"], raised.escalation_id.as_str());
+    assert_eq!(bodies[0]["session_id"], "session-webhook");
+    assert_eq!(bodies[0]["reason"], "crisis");
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "two refusals, then the delivery"
+    );
+    gateway.service.stop(Duration::from_secs(2)).await.unwrap();
+}

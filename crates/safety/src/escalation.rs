@@ -449,6 +449,107 @@ impl EscalationStore {
         Ok(events)
     }
 
+    /// Creates consumer group `group` on the stream, starting with events raised from now on;
+    /// an existing group is kept as it is.
+    pub async fn ensure_group(&self, group: &str) -> Result<(), Error> {
+        let mut connection = self.pool.get().await?;
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(group)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut connection)
+            .await;
+        match created {
+            Err(err) if err.code() != Some("BUSYGROUP") => Err(err.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Events for `consumer` of `group`: its own unacknowledged ones first (`pending`), else
+    /// new ones, waiting up to `block`. A delivered event stays pending until [`Self::ack_group`],
+    /// so a forwarder that dies before acknowledging gets it again.
+    pub async fn read_group(
+        &self,
+        group: &str,
+        consumer: &str,
+        pending: bool,
+        block: Duration,
+    ) -> Result<Vec<EscalationEvent>, Error> {
+        let mut connection = self.pool.get().await?;
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(SCAN_BATCH);
+        if !pending {
+            let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+            command.arg("BLOCK").arg(block_ms);
+        }
+        command
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(if pending { "0" } else { ">" });
+        let reply: Value = command.query_async(&mut connection).await?;
+        let mut events = Vec::new();
+        if matches!(reply, Value::Nil) {
+            return Ok(events);
+        }
+        let streams: Vec<(String, Vec<StreamEntry>)> =
+            redis::from_redis_value(reply).map_err(|err| Error::Storage(err.to_string()))?;
+        for (_, entries) in streams {
+            for (id, fields) in &entries {
+                events.push(decode(id, fields)?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// Takes over events another consumer of `group` left unacknowledged for `min_idle` (it
+    /// died); they are then pending for `consumer`.
+    pub async fn claim_stale(
+        &self,
+        group: &str,
+        consumer: &str,
+        min_idle: Duration,
+    ) -> Result<usize, Error> {
+        let mut connection = self.pool.get().await?;
+        let reply: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(group)
+            .arg(consumer)
+            .arg(u64::try_from(min_idle.as_millis()).unwrap_or(u64::MAX))
+            .arg("0")
+            .arg("COUNT")
+            .arg(SCAN_BATCH)
+            .arg("JUSTID")
+            .query_async(&mut connection)
+            .await?;
+        let claimed = match reply {
+            Value::Array(parts) => match parts.get(1) {
+                Some(Value::Array(ids)) => ids.len(),
+                _ => 0,
+            },
+            _ => 0,
+        };
+        Ok(claimed)
+    }
+
+    /// Marks an event of `group` as handled.
+    pub async fn ack_group(&self, group: &str, id: &str) -> Result<(), Error> {
+        let mut connection = self.pool.get().await?;
+        let _: u64 = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg(group)
+            .arg(id)
+            .query_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+
     /// The id of the newest event, if any (`tail --follow` starts after it).
     pub async fn last_id(&self) -> Result<Option<String>, Error> {
         let mut connection = self.pool.get().await?;

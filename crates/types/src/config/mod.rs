@@ -573,6 +573,33 @@ pub struct SafetyConfig {
     pub max_regenerations: u32,
     /// Locale whose crisis resources are used when a session names none.
     pub default_locale: String,
+    /// Optional HTTP endpoint that receives every escalation as JSON, besides the Redis stream
+    /// (which stays the record: an unreachable webhook delays notices, never loses them).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// An HTTP endpoint notified of each escalation, retried until it accepts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL that receives one POST per escalation.
+    pub url: String,
+    /// Time limit of one delivery attempt.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Longest wait between attempts (the wait doubles from 200 ms up to this).
+    #[serde(with = "duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for SafetyConfig {
@@ -585,6 +612,7 @@ impl Default for SafetyConfig {
             max_text_bytes: ByteSize(16 * 1024),
             max_regenerations: 2,
             default_locale: "en-US".to_owned(),
+            webhook: None,
         }
     }
 }
@@ -600,6 +628,9 @@ impl Config {
         }
         if let Some(endpoint) = copy.telemetry.otlp_endpoint.as_mut() {
             *endpoint = redact_url_password(endpoint);
+        }
+        if let Some(webhook) = copy.safety.webhook.as_mut() {
+            webhook.url = redact_url_password(&webhook.url);
         }
         copy
     }

@@ -250,6 +250,16 @@ impl Config {
             "safety.default_locale",
             || "must not be empty (e.g. \"en-US\")".to_owned(),
         );
+        if let Some(webhook) = &self.safety.webhook {
+            c.check(
+                webhook.url.starts_with("http://") || webhook.url.starts_with("https://"),
+                "safety.webhook.url",
+                || "must start with http:// or https://".to_owned(),
+            );
+            c.check(!webhook.timeout.is_zero(), "safety.webhook.timeout", || {
+                "must be greater than zero".to_owned()
+            });
+        }
 
         self.check_llm(&mut c);
         self.check_distinct_addresses(&mut c);
