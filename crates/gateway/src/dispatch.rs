@@ -55,12 +55,14 @@ impl Dispatcher {
         &self.reply_topic
     }
 
-    /// Publishes `task` and waits up to `timeout` for its result.
+    /// Publishes `task` and waits up to `timeout` for its result. `maybe_answered` says an
+    /// earlier attempt may have published the same task, so its result may already be stored.
     pub async fn run(
         &self,
         mut task: pb::AgentTask,
         timeout: Duration,
         priority: pb::Priority,
+        maybe_answered: bool,
     ) -> Result<pb::AgentResult, DispatchError> {
         task.reply_topic = self.reply_topic.clone();
         let (sender, receiver) = oneshot::channel();
@@ -87,10 +89,20 @@ impl Dispatcher {
             Ok(_) => {
                 // The result may have arrived before the waiter existed (a retried turn whose
                 // task was answered while no gateway waited): it is stored before it is acked,
-                // and the waiter was registered before this read, so nothing falls between.
-                match self.store.step_result(&session, &turn, &step).await {
-                    Ok(Some(result)) => Ok(result),
-                    _ => match tokio::time::timeout(timeout, receiver).await {
+                // and the waiter was registered before this read, so nothing falls between. A
+                // task published for the first time cannot have been answered yet.
+                let stored = if maybe_answered {
+                    self.store
+                        .step_result(&session, &turn, &step)
+                        .await
+                        .ok()
+                        .flatten()
+                } else {
+                    None
+                };
+                match stored {
+                    Some(result) => Ok(result),
+                    None => match tokio::time::timeout(timeout, receiver).await {
                         Ok(Ok(result)) => Ok(result),
                         _ => Err(DispatchError::Timeout),
                     },

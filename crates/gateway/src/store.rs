@@ -3,7 +3,7 @@
 //! across gateway replicas, and each turn's run (step results as they arrive, then the final
 //! response) — which is what makes a turn durable and a repeated `turn_id` idempotent.
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use prost::Message;
 use redis::aio::ConnectionManager;
@@ -42,6 +42,34 @@ impl LockToken {
     }
 }
 
+/// What Redis holds about a turn when it starts (or resumes), read in one round trip.
+#[derive(Debug, Default)]
+pub struct TurnState {
+    pub session: Option<pb::Session>,
+    /// The final response, if the turn already finished.
+    pub response: Option<pb::ProcessUserInputResponse>,
+    /// The workflow version an earlier attempt started with.
+    pub workflow: Option<(String, u32)>,
+    /// Results stored by earlier attempts.
+    pub steps: Vec<pb::AgentResult>,
+    /// The session's recent inputs, oldest first.
+    pub history: Vec<String>,
+}
+
+impl TurnState {
+    /// An earlier attempt of this turn got as far as choosing its workflow.
+    pub fn resumed(&self) -> bool {
+        self.workflow.is_some() || !self.steps.is_empty()
+    }
+}
+
+fn parse_workflow_field(turn: &str, stored: &str) -> Result<(String, u32), Error> {
+    stored
+        .rsplit_once('@')
+        .and_then(|(name, version)| Some((name.to_owned(), version.parse().ok()?)))
+        .ok_or_else(|| Error::Corrupt(format!("turn {turn}: workflow field {stored:?}")))
+}
+
 #[derive(Clone)]
 pub struct Store {
     keys: Keyspace,
@@ -65,6 +93,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 "#;
+
+/// Records a turn's final response and advances its session in one step, unless another
+/// attempt recorded a response first (then returns that one).
+/// KEYS: run, session, history. ARGV: response, retention ms, session, remember input (1/0),
+/// input text, history window.
+const FINISH_TURN: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'response', ARGV[1]) == 0 then
+  return redis.call('HGET', KEYS[1], 'response')
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('LPUSH', KEYS[3], ARGV[5])
+  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
+end
+return false
+"#;
+
+static FINISH_TURN_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(FINISH_TURN));
+static UNLOCK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UNLOCK));
 
 /// Deletes the lock only if we still hold it, so an expired lock taken over by another
 /// gateway is never released by the old holder.
@@ -138,41 +187,6 @@ impl Store {
             .is_some();
         Ok(created)
     }
-
-    pub async fn history(&self, session: &str, window: usize) -> Result<Vec<String>, Error> {
-        let mut recent: Vec<String> = redis::cmd("LRANGE")
-            .arg(self.history_key(session))
-            .arg(0)
-            .arg(window.saturating_sub(1))
-            .query_async(&mut self.connection())
-            .await?;
-        recent.reverse();
-        Ok(recent)
-    }
-
-    pub async fn push_history(
-        &self,
-        session: &str,
-        text: &str,
-        window: usize,
-    ) -> Result<(), Error> {
-        let key = self.history_key(session);
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("LPUSH")
-            .arg(&key)
-            .arg(text)
-            .ignore()
-            .cmd("LTRIM")
-            .arg(&key)
-            .arg(0)
-            .arg(window.saturating_sub(1))
-            .ignore()
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(())
-    }
-
     /// Takes the session's turn lock, waiting up to `wait`. The lock expires after `hold` so a
     /// crashed gateway cannot block the session for longer; a lock left by an earlier
     /// incarnation of this replica (`replica` prefix, but not `incarnation`) is taken over at
@@ -227,7 +241,7 @@ impl Store {
     }
 
     pub async fn unlock(&self, session: &str, token: &LockToken) -> Result<(), Error> {
-        let _: i64 = redis::Script::new(UNLOCK)
+        let _: i64 = UNLOCK_SCRIPT
             .key(self.lock_key(session))
             .arg(token.value())
             .invoke_async(&mut self.connection())
@@ -270,30 +284,88 @@ impl Store {
             .ignore()
             .query_async(&mut self.connection())
             .await?;
-        stored
-            .rsplit_once('@')
-            .and_then(|(name, version)| Some((name.to_owned(), version.parse().ok()?)))
-            .ok_or_else(|| Error::Corrupt(format!("turn {turn}: workflow field {stored:?}")))
+        parse_workflow_field(turn, &stored)
     }
 
-    /// The results of steps that already finished in an earlier attempt of this turn.
-    pub async fn step_results(
+    /// The session, the turn's run record and the session's history, in one round trip.
+    pub async fn load_turn(
         &self,
         session: &str,
         turn: &str,
-    ) -> Result<Vec<pb::AgentResult>, Error> {
-        let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+        window: usize,
+    ) -> Result<TurnState, Error> {
+        type Fields = Vec<(String, Vec<u8>)>;
+        let (raw_session, run, mut history): (Option<Vec<u8>>, Fields, Vec<String>) = redis::pipe()
+            .cmd("GET")
+            .arg(self.session_key(session))
+            .cmd("HGETALL")
             .arg(self.run_key(session, turn))
+            .cmd("LRANGE")
+            .arg(self.history_key(session))
+            .arg(0)
+            .arg(window.saturating_sub(1))
             .query_async(&mut self.connection())
             .await?;
-        fields
-            .into_iter()
-            .filter(|(field, _)| field.starts_with("step:"))
-            .map(|(field, bytes)| {
-                pb::AgentResult::decode(bytes.as_slice())
-                    .map_err(|err| Error::Corrupt(format!("{field}: {err}")))
+        history.reverse();
+        let mut state = TurnState {
+            session: raw_session
+                .map(|bytes| {
+                    pb::Session::decode(bytes.as_slice())
+                        .map_err(|err| Error::Corrupt(format!("session {session}: {err}")))
+                })
+                .transpose()?,
+            history,
+            ..TurnState::default()
+        };
+        for (field, bytes) in run {
+            if field == RESPONSE_FIELD {
+                state.response = Some(
+                    pb::ProcessUserInputResponse::decode(bytes.as_slice())
+                        .map_err(|err| Error::Corrupt(format!("turn {turn}: {err}")))?,
+                );
+            } else if field == WORKFLOW_FIELD {
+                let text = String::from_utf8_lossy(&bytes);
+                state.workflow = Some(parse_workflow_field(turn, &text)?);
+            } else if field.starts_with("step:") {
+                state.steps.push(
+                    pb::AgentResult::decode(bytes.as_slice())
+                        .map_err(|err| Error::Corrupt(format!("{field}: {err}")))?,
+                );
+            }
+        }
+        Ok(state)
+    }
+
+    /// Records the turn's response and, if it is the first, saves the session and (when
+    /// `remember` is given) appends the input to the history, atomically. Returns the response
+    /// recorded first when another attempt won.
+    pub async fn finish_turn(
+        &self,
+        turn: &str,
+        session: &pb::Session,
+        response: &pb::ProcessUserInputResponse,
+        remember: Option<(&str, usize)>,
+    ) -> Result<Option<pb::ProcessUserInputResponse>, Error> {
+        let id = &session.session_id;
+        let (input, window) = remember.unwrap_or(("", 1));
+        let first: Option<Vec<u8>> = FINISH_TURN_SCRIPT
+            .key(self.run_key(id, turn))
+            .key(self.session_key(id))
+            .key(self.history_key(id))
+            .arg(response.encode_to_vec())
+            .arg(RUN_RETENTION.as_millis() as u64)
+            .arg(session.encode_to_vec())
+            .arg(if remember.is_some() { "1" } else { "0" })
+            .arg(input)
+            .arg(window.max(1))
+            .invoke_async(&mut self.connection())
+            .await?;
+        first
+            .map(|bytes| {
+                pb::ProcessUserInputResponse::decode(bytes.as_slice())
+                    .map_err(|err| Error::Corrupt(format!("turn {turn}: {err}")))
             })
-            .collect()
+            .transpose()
     }
 
     /// The stored result of one step, if it arrived.
@@ -327,33 +399,6 @@ impl Store {
             .query_async(&mut self.connection())
             .await?;
         Ok(())
-    }
-
-    /// Records the final response; returns the one stored first if another attempt finished
-    /// the same turn meanwhile.
-    pub async fn record_response(
-        &self,
-        session: &str,
-        turn: &str,
-        response: &pb::ProcessUserInputResponse,
-    ) -> Result<Option<pb::ProcessUserInputResponse>, Error> {
-        let key = self.run_key(session, turn);
-        let (stored,): (bool,) = redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg(RESPONSE_FIELD)
-            .arg(response.encode_to_vec())
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(RUN_RETENTION.as_millis() as u64)
-            .ignore()
-            .query_async(&mut self.connection())
-            .await?;
-        if stored {
-            Ok(None)
-        } else {
-            self.response(session, turn).await
-        }
     }
 
     /// Every worker in the agent registry whose heartbeat has not expired; expired names are

@@ -140,20 +140,14 @@ impl TurnRunner {
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let session_key = request.session_id.as_str();
-        let turn_key = request.turn_id.as_str();
-        if let Some(mut done) = self.store.response(session_key, turn_key).await? {
-            done.replayed = true;
-            events.accepted(accepted_of(&done, Duration::ZERO));
-            events.narrative(&done.text);
-            return Ok(done);
-        }
-
         let budget = self.config.gateway.turn_timeout;
         let token = crate::store::LockToken {
             replica: self.instance.clone(),
             incarnation: self.incarnation.clone(),
             turn: request.turn_id.to_string(),
         };
+        // A repeated turn_id waits for the lock too: if its first attempt is still running,
+        // the repeat answers with that attempt's result (the contract's "the repeat waits").
         if !self
             .store
             .lock(session_key, &token, budget * 2, budget * 3)
@@ -179,14 +173,19 @@ impl TurnRunner {
         let started = Instant::now();
         let session_key = request.session_id.as_str();
         let turn_key = request.turn_id.as_str();
-        // Another replica may have finished this turn while we waited for the lock.
-        if let Some(mut done) = self.store.response(session_key, turn_key).await? {
+        let state = self
+            .store
+            .load_turn(session_key, turn_key, self.config.gateway.history_window)
+            .await?;
+        // This turn_id finished before (on any replica): the same answer again.
+        if let Some(mut done) = state.response {
             done.replayed = true;
             events.accepted(accepted_of(&done, Duration::ZERO));
             events.narrative(&done.text);
             return Ok(done);
         }
-        let mut session = match self.store.load_session(session_key).await? {
+        let resumed = state.resumed();
+        let mut session = match state.session {
             Some(session) => session,
             None => {
                 let session = self.new_session(&request.session_id, &request.user_id);
@@ -207,7 +206,9 @@ impl TurnRunner {
             )));
         }
 
-        let workflow = self.choose_workflow(request, &session).await?;
+        let workflow = self
+            .choose_workflow(request, &session, state.workflow)
+            .await?;
         let run_id = run_id(&request.session_id, &request.turn_id);
         events.accepted(pb::TurnAccepted {
             run_id: run_id.clone(),
@@ -265,13 +266,9 @@ impl TurnRunner {
                 .await;
         }
 
-        let history = self
-            .store
-            .history(session_key, self.config.gateway.history_window)
-            .await?;
         let mut metadata = request.metadata.clone();
-        if !history.is_empty() {
-            metadata.insert("history".to_owned(), history.join("\n"));
+        if !state.history.is_empty() {
+            metadata.insert("history".to_owned(), state.history.join("\n"));
         }
         let context = pb::TurnContext {
             user_id: request.user_id.to_string(),
@@ -283,10 +280,8 @@ impl TurnRunner {
             session_version: session.version,
             metadata,
         };
-        let earlier: HashMap<String, pb::AgentResult> = self
-            .store
-            .step_results(session_key, turn_key)
-            .await?
+        let earlier: HashMap<String, pb::AgentResult> = state
+            .steps
             .into_iter()
             .filter(|result| result.status == pb::AgentResultStatus::Succeeded as i32)
             .map(|result| (result.step_id.clone(), result))
@@ -305,6 +300,7 @@ impl TurnRunner {
                 priority: request.priority,
                 input_safety: &input_safety,
                 events,
+                resumed,
             },
         )
         .await;
@@ -318,6 +314,7 @@ impl TurnRunner {
             policy: &policy,
             deadline,
             events,
+            resumed,
         };
         let output_safety = if outcome.stopped {
             None
@@ -338,13 +335,17 @@ impl TurnRunner {
             .await
     }
 
-    /// The workflow for this turn: an explicit override, the version an earlier attempt of the
-    /// same turn started with, or the one routing picks (R1.1).
+    /// The workflow for this turn: the version an earlier attempt of the same turn started
+    /// with, an explicit override, or the one routing picks (R1.1).
     async fn choose_workflow(
         &self,
         request: &TurnRequest,
         session: &pb::Session,
+        earlier: Option<(String, u32)>,
     ) -> Result<Arc<Workflow>, Error> {
+        if let Some((name, version)) = earlier {
+            return self.workflows.get(&name, version).await;
+        }
         let chosen = if request.workflow.is_empty() {
             let scope = RouteScope {
                 session,
@@ -392,29 +393,19 @@ impl TurnRunner {
         remember_input: bool,
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
-        let session_key = request.session_id.as_str();
-        let turn_key = request.turn_id.as_str();
+        session.version = response.session_version;
+        session.last_turn_id = request.turn_id.to_string();
+        session.updated_at = Some(now_timestamp());
+        let remember =
+            remember_input.then_some((request.text.as_str(), self.config.gateway.history_window));
         if let Some(mut first) = self
             .store
-            .record_response(session_key, turn_key, &response)
+            .finish_turn(request.turn_id.as_str(), &session, &response, remember)
             .await?
         {
             first.replayed = true;
             events.narrative(&first.text);
             return Ok(first);
-        }
-        session.version = response.session_version;
-        session.last_turn_id = request.turn_id.to_string();
-        session.updated_at = Some(now_timestamp());
-        self.store.save_session(&session).await?;
-        if remember_input {
-            self.store
-                .push_history(
-                    session_key,
-                    &request.text,
-                    self.config.gateway.history_window,
-                )
-                .await?;
         }
         let status = if response.workflow == CRISIS_PROTOCOL {
             "crisis"
@@ -501,7 +492,7 @@ impl TurnRunner {
                 let rejected = &rejected;
                 async move {
                     let text = self
-                        .alternative_text(task, remaining, review.request.priority)
+                        .alternative_text(task, remaining, review.request.priority, review.resumed)
                         .await?;
                     if let Ok(mut last) = rejected.lock() {
                         last.clone_from(&text);
@@ -555,11 +546,16 @@ impl TurnRunner {
         task: pb::AgentTask,
         remaining: Duration,
         priority: pb::Priority,
+        resumed: bool,
     ) -> Result<String, String> {
         if remaining.is_zero() {
             return Err("no time left in the turn".to_owned());
         }
-        match self.dispatcher.run(task, remaining, priority).await {
+        match self
+            .dispatcher
+            .run(task, remaining, priority, resumed)
+            .await
+        {
             Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => result
                 .output
                 .as_ref()
@@ -584,6 +580,8 @@ struct ReplyReview<'a> {
     policy: &'a tta_safety::SessionPolicy,
     deadline: Instant,
     events: &'a EventSink,
+    /// An earlier attempt of the turn may already have asked for alternatives.
+    resumed: bool,
 }
 
 /// The text an output offers the player: an NGA's narrative, or a custom agent's `text` field.

@@ -40,6 +40,8 @@ pub struct RunInput<'a> {
     /// The gateway's verdict on the input, handed to later steps inside the IPA's output.
     pub input_safety: &'a pb::SafetyAssessment,
     pub events: &'a EventSink,
+    /// An earlier attempt of this turn ran: results of its tasks may already be stored.
+    pub resumed: bool,
 }
 
 /// What a run produced.
@@ -324,7 +326,10 @@ async fn run_attempts(
             reply_topic: String::new(),
             alternative: None,
         };
-        match dispatcher.run(task, budget, input.priority).await {
+        match dispatcher
+            .run(task, budget, input.priority, input.resumed || attempt > 1)
+            .await
+        {
             Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
                 return StepRun {
                     outcome: pb::StepOutcome::Succeeded,
