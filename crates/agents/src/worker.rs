@@ -143,13 +143,23 @@ impl Worker {
     }
 }
 
+/// What a worker tells the registry about itself beyond its id.
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    pub capabilities: Vec<String>,
+    /// The host it runs on (label `host`), so workers and the gateway can judge its placement.
+    pub host: String,
+    /// Whether it has stopped taking tasks (its host is critical); shown as DRAINING.
+    pub paused: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Keeps this worker visible in the agent registry: a key per instance that expires unless
 /// refreshed, plus an index set for listing.
 pub async fn heartbeat(
     connection: redis::aio::ConnectionManager,
     keys: tta_runtime::redis::Keyspace,
     agent: AgentId,
-    capabilities: Vec<String>,
+    advertised: Advertised,
     interval: Duration,
     ttl: Duration,
     shutdown: Shutdown,
@@ -159,21 +169,30 @@ pub async fn heartbeat(
     let index = keys.agent_index();
     let info = pb::AgentInfo {
         id: Some(pb::AgentId::from(&agent)),
-        capabilities,
+        capabilities: advertised.capabilities,
+        labels: [("host".to_owned(), advertised.host)].into(),
         topic: format!("agent.{}", agent.agent_type),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         ..Default::default()
     };
     let mut connection = connection;
+    let mut paused = advertised.paused;
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A pause or resume is announced at once, not at the next beat.
+            Ok(()) = paused.changed() => {}
             () = shutdown.wait() => break,
         }
         let mut beat = info.clone();
         beat.last_heartbeat = Some(prost_types::Timestamp::from(SystemTime::now()));
+        beat.status = if *paused.borrow_and_update() {
+            pb::AgentStatus::Draining
+        } else {
+            pb::AgentStatus::Ready
+        } as i32;
         let written: Result<(), redis::RedisError> = redis::pipe()
             .cmd("SET")
             .arg(&key)

@@ -1,6 +1,7 @@
 //! `GET /diagnostics`: what this gateway is, how long it has run, what it depends on and
-//! whether those dependencies answer — the first page an operator opens; `GET /agents`: the
-//! agent registry with heartbeat ages.
+//! whether those dependencies answer, and the capacity of every monitored host with
+//! recommendations — the first page an operator opens; `GET /agents`: the agent registry with
+//! heartbeat ages, hosts and status.
 
 use std::{
     sync::Arc,
@@ -9,10 +10,11 @@ use std::{
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
+use tta_proto::v1 as pb;
 use tta_runtime::{Readiness, ServiceContext};
 use tta_types::Config;
 
-use crate::store::Store;
+use crate::{capacity::Capacity, store::Store};
 
 #[derive(Debug, Clone)]
 struct DiagnosticsState {
@@ -20,9 +22,10 @@ struct DiagnosticsState {
     config: Arc<Config>,
     readiness: Readiness,
     store: Store,
+    capacity: Capacity,
 }
 
-pub fn routes(context: &ServiceContext, store: Store) -> Router {
+pub fn routes(context: &ServiceContext, store: Store, capacity: Capacity) -> Router {
     Router::new()
         .route("/diagnostics", get(diagnostics))
         .route("/agents", get(agents))
@@ -31,6 +34,7 @@ pub fn routes(context: &ServiceContext, store: Store) -> Router {
             config: context.config.clone(),
             readiness: context.readiness.clone(),
             store,
+            capacity,
         })
 }
 
@@ -60,6 +64,9 @@ async fn agents(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Valu
                 "agent_type": id.agent_type,
                 "instance": id.instance,
                 "topic": info.topic,
+                "host": info.labels.get("host"),
+                "status": pb::AgentStatus::try_from(info.status)
+                    .map_or("unknown", |status| status.as_str_name()),
                 "capabilities": info.capabilities,
                 "version": info.version,
                 "uptime_seconds": age(&info.started_at),
@@ -90,5 +97,6 @@ async fn diagnostics(State(state): State<DiagnosticsState>) -> Json<Value> {
             "max_input_chars": config.gateway.max_input_chars,
             "turn_timeout_ms": config.gateway.turn_timeout.as_millis() as u64,
         },
+        "capacity": crate::capacity::report(&state.capacity.view()),
     }))
 }

@@ -1,8 +1,10 @@
 //! The orchestrator gateway: the public `tta.v1.Orchestrator` API that other TTA services call.
 //! It runs each player turn as a workflow of agent steps through the broker, keeps sessions and
-//! run records in Redis, and serves the JSON `/diagnostics` endpoint. The agent registry and
+//! run records in Redis, sheds work when every host is critical (`capacity`), and serves the
+//! JSON `/diagnostics` endpoint. The agent registry and
 //! the safety service are advertised here and arrive with their capabilities.
 
+pub mod capacity;
 mod diagnostics;
 pub mod dispatch;
 pub mod error;
@@ -12,6 +14,7 @@ pub mod turn;
 
 use std::time::Duration;
 
+use futures::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tta_proto::{service_names, v1::orchestrator_server::OrchestratorServer};
 use tta_runtime::{
@@ -48,6 +51,11 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
             .set_connection_timeout(Some(config.redis.connect_timeout))
             .set_response_timeout(Some(Duration::from_secs(5))),
     )?;
+    let (poller, capacity) = capacity::capacity(
+        config.clone(),
+        Keyspace::new(&config.redis.key_prefix),
+        connection.clone(),
+    );
     let store = store::Store::new(Keyspace::new(&config.redis.key_prefix), connection);
     let registry = store.clone();
     let probe = store.clone();
@@ -76,7 +84,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         visibility_timeout: Some(Duration::from_secs(2)),
     };
     let turns = turn::TurnRunner::new(config.clone(), store, dispatcher.clone(), instance);
-    let service = orchestrator::OrchestratorService::new(config.clone(), turns);
+    let service = orchestrator::OrchestratorService::new(config.clone(), turns, capacity.clone());
 
     let grpc = GrpcServer::new(context.kind.name())
         .add_service(OrchestratorServer::new(service))
@@ -84,9 +92,10 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         .advertise(service_names::SAFETY);
     let mut parts = ServiceParts::default().with_grpc(grpc);
     if config.diagnostics.enabled {
-        parts = parts.with_admin_routes(diagnostics::routes(&context, registry));
+        parts = parts.with_admin_routes(diagnostics::routes(&context, registry, capacity));
     }
     let shutdown = context.shutdown.clone();
+    parts = parts.with_task("capacity", poller.run(shutdown.clone()).map(Ok));
     let handler = dispatcher.result_handler();
     Ok(parts.with_task("agent-results", async move {
         messaging::consume(publisher, results, handler, shutdown).await;

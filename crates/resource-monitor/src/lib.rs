@@ -44,7 +44,7 @@ pub async fn build_with_probe(
     let host = settings
         .host_name
         .clone()
-        .unwrap_or_else(sampler::default_host_name);
+        .unwrap_or_else(tta_runtime::hosts::local_host_name);
     let sampler = HostSampler::new(host, probe, settings.track_processes)?;
     let monitor = Monitor::new(config.clone(), sampler);
     // The first tick before serving: a snapshot, capacity and health are there from the start.

@@ -47,14 +47,6 @@ impl std::fmt::Debug for HostSampler {
     }
 }
 
-/// The host name to report: the configured one, else the system's.
-pub fn default_host_name() -> String {
-    System::host_name()
-        .ok()
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned())
-}
-
 impl HostSampler {
     pub fn new(
         host: String,

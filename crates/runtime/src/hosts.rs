@@ -54,6 +54,17 @@ fn parse_health(name: &str) -> HealthState {
     }
 }
 
+/// This machine's name as the kernel knows it (what `hostname` prints), so a monitor and the
+/// workers on the same host agree on it without configuration; `localhost` when unknown.
+pub fn local_host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
