@@ -121,3 +121,85 @@ impl Placement {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tta_runtime::hosts::HostRecord;
+    use tta_testkit::{RedisServer, unique_prefix};
+    use tta_types::AgentType;
+
+    async fn register(
+        connection: &mut ConnectionManager,
+        keys: &Keyspace,
+        instance: &str,
+        host: &str,
+    ) {
+        let agent = AgentId::new(AgentType::Ipa, instance).unwrap();
+        let info = pb::AgentInfo {
+            id: Some(pb::AgentId::from(&agent)),
+            labels: [("host".to_owned(), host.to_owned())].into(),
+            ..Default::default()
+        };
+        let _: () = redis::pipe()
+            .cmd("SET")
+            .arg(keys.agent("ipa", instance))
+            .arg(info.encode_to_vec())
+            .ignore()
+            .cmd("SADD")
+            .arg(keys.agent_index())
+            .arg(agent.to_string())
+            .ignore()
+            .query_async(connection)
+            .await
+            .unwrap();
+    }
+
+    async fn host(
+        connection: &mut ConnectionManager,
+        keys: &Keyspace,
+        name: &str,
+        health: pb::HealthState,
+    ) {
+        let record = HostRecord {
+            host: name.to_owned(),
+            endpoint: String::new(),
+            health,
+            updated_ms: 0,
+        };
+        hosts::publish(connection, keys, &record, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_worker_on_a_critical_host_steps_aside_only_for_a_healthier_peer() {
+        let redis = RedisServer::start().unwrap();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut connection = ConnectionManager::new(client).await.unwrap();
+        let keys = Keyspace::new(&unique_prefix("placement"));
+        let placement = Placement {
+            agent: AgentId::new(AgentType::Ipa, "ipa-hot").unwrap(),
+            host: "hot".to_owned(),
+            keys: keys.clone(),
+        };
+        // No record of its host: nothing is known, it keeps working.
+        assert!(!placement.should_pause(&mut connection).await.unwrap());
+
+        register(&mut connection, &keys, "ipa-hot", "hot").await;
+        host(&mut connection, &keys, "hot", pb::HealthState::Critical).await;
+        // Critical, but no peer anywhere else: it keeps working.
+        assert!(!placement.should_pause(&mut connection).await.unwrap());
+
+        register(&mut connection, &keys, "ipa-other", "other").await;
+        host(&mut connection, &keys, "other", pb::HealthState::Critical).await;
+        // The peer's host is just as critical.
+        assert!(!placement.should_pause(&mut connection).await.unwrap());
+
+        host(&mut connection, &keys, "other", pb::HealthState::Warn).await;
+        assert!(placement.should_pause(&mut connection).await.unwrap());
+
+        host(&mut connection, &keys, "hot", pb::HealthState::Ok).await;
+        assert!(!placement.should_pause(&mut connection).await.unwrap());
+    }
+}
