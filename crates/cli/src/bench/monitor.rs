@@ -1,8 +1,9 @@
 //! `tta bench monitor`: what the resource monitor costs its host, and how fast it can be
 //! scraped. Two `tta-resource-monitor` processes run side by side against a private Redis: one
 //! sampling at `--interval` (1 Hz by default), and the baseline, the same binary sampling once an
-//! hour — the runtime alone (admin server, gRPC, metrics upkeep). Their CPU time (from
-//! `/proc/<pid>/schedstat`) and resident memory (`VmRSS`) are read over `--duration`.
+//! hour — the runtime alone (admin server, gRPC, metrics upkeep). Their CPU time (utime + stime
+//! of all threads, from `/proc/<pid>/stat`) and resident memory (`VmRSS`) are read over
+//! `--duration`.
 //!
 //! Then `/metrics` of the sampling monitor is scraped `--scrapes` times, against its `/health`
 //! (a trivial route on the same server) as the baseline: the difference is rendering the
@@ -69,16 +70,29 @@ async fn spawn(redis: &RedisServer, host: &str, interval: Duration) -> anyhow::R
     Ok(Monitor { process, admin })
 }
 
-/// CPU time the process has used, from the scheduler's own accounting (nanoseconds).
+/// Linux reports process CPU times in `/proc` in USER_HZ ticks, fixed at 100 per second by the
+/// kernel ABI whatever the kernel's own tick rate.
+const USER_HZ: u64 = 100;
+
+/// CPU time (user + system) of all the process's threads, including threads that have ended
+/// (the runtime's blocking threads come and go), from `/proc/<pid>/stat`.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .with_context(|| format!("reading /proc/{pid}/schedstat"))?;
-    let nanos: u64 = text
-        .split_whitespace()
-        .next()
-        .and_then(|field| field.parse().ok())
-        .context("malformed schedstat")?;
-    Ok(Duration::from_nanos(nanos))
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name may hold spaces and parentheses; the fields start after the last ')'.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .context("malformed stat")?;
+    let tick = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse().ok())
+            .context("malformed stat")
+    };
+    // utime and stime are fields 14 and 15; `fields` starts at field 3 (the state).
+    let ticks = tick(11)? + tick(12)?;
+    Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
 }
 
 /// Resident memory in bytes.
@@ -202,9 +216,17 @@ pub async fn run(args: MonitorBenchArgs) -> anyhow::Result<()> {
         idle_cost.cpu_percent,
         mib(idle_cost.rss_max)
     );
+    // CPU time has a 10 ms resolution: an idle baseline often reads 0, and a ratio to 0 says
+    // nothing, so the difference is printed as well.
+    let cpu_ratio = if idle_cost.cpu_percent > 0.0 {
+        format!("{:.2}x", monitor_cost.cpu_percent / idle_cost.cpu_percent)
+    } else {
+        "n/a (baseline below the 10 ms tick)".to_owned()
+    };
     println!(
-        "  ratio              cpu {:>6.2}x                rss {:>6.2}x",
-        ratio(monitor_cost.cpu_percent, idle_cost.cpu_percent),
+        "  sampling costs     cpu {:>+6.3} points         rss {:>+6.1} MiB   (ratio cpu {cpu_ratio}, rss {:.2}x)",
+        monitor_cost.cpu_percent - idle_cost.cpu_percent,
+        mib(monitor_cost.rss_max) - mib(idle_cost.rss_max),
         ratio(mib(monitor_cost.rss_max), mib(idle_cost.rss_max))
     );
     println!(
