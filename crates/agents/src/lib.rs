@@ -7,6 +7,7 @@
 pub mod engines;
 pub mod llm;
 
+pub mod placement;
 pub mod state;
 pub mod worker;
 
@@ -15,6 +16,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 use futures::future::BoxFuture;
 use prost::Message;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
 use tta_proto::v1 as pb;
 use tta_runtime::{
     BoxError, ServiceArgs, ServiceContext, ServiceKind, ServiceParts,
@@ -176,14 +178,33 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
             .min(1024),
         visibility_timeout: None,
     };
-    tracing::info!(agent = %agent_id, worlds = worlds.len(), "worker ready");
+    let host = config
+        .agents
+        .host_name
+        .clone()
+        .unwrap_or_else(tta_runtime::hosts::local_host_name);
+    tracing::info!(agent = %agent_id, host = %host, worlds = worlds.len(), "worker ready");
 
+    let (paused, pause_gate) = watch::channel(false);
     let mut parts = ServiceParts::default();
     if worker_config.enabled {
         let shutdown = context.shutdown.clone();
         let handler = worker.handler();
+        let gate = pause_gate.clone();
         parts = parts.with_task("consume-tasks", async move {
-            messaging::consume(publisher, subscription, handler, shutdown).await;
+            messaging::consume_while(publisher, subscription, handler, shutdown, gate).await;
+            Ok(())
+        });
+        let placement = placement::Placement {
+            agent: agent_id.clone(),
+            host: host.clone(),
+            keys: keys.clone(),
+        };
+        let shutdown = context.shutdown.clone();
+        let connection = connection.clone();
+        let interval = config.agents.host_check_interval;
+        parts = parts.with_task("host-placement", async move {
+            placement.run(connection, interval, paused, shutdown).await;
             Ok(())
         });
     }
@@ -196,9 +217,11 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
                 connection,
                 keys,
                 agent_id,
-                worker::Profile {
+                worker::Advertised {
                     capabilities,
                     labels,
+                    host,
+                    paused: pause_gate,
                 },
                 interval,
                 ttl,

@@ -143,13 +143,17 @@ impl Worker {
     }
 }
 
-/// What a worker advertises in the agent registry besides its id.
-#[derive(Debug, Clone, Default)]
-pub struct Profile {
+/// What a worker tells the registry about itself beyond its id.
+#[derive(Debug, Clone)]
+pub struct Advertised {
     /// Capability tags, e.g. `ipa` and `llm`.
     pub capabilities: Vec<String>,
-    /// Free-form labels, e.g. `backend` and `model`.
+    /// Free-form labels, e.g. `backend` and `model`; `host` is added from [`Self::host`].
     pub labels: std::collections::HashMap<String, String>,
+    /// The host it runs on (label `host`), so workers and the gateway can judge its placement.
+    pub host: String,
+    /// Whether it has stopped taking tasks (its host is critical); shown as DRAINING.
+    pub paused: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Keeps this worker visible in the agent registry: a key per instance that expires unless
@@ -158,7 +162,7 @@ pub async fn heartbeat(
     connection: redis::aio::ConnectionManager,
     keys: tta_runtime::redis::Keyspace,
     agent: AgentId,
-    profile: Profile,
+    advertised: Advertised,
     interval: Duration,
     ttl: Duration,
     shutdown: Shutdown,
@@ -168,22 +172,34 @@ pub async fn heartbeat(
     let index = keys.agent_index();
     let info = pb::AgentInfo {
         id: Some(pb::AgentId::from(&agent)),
-        capabilities: profile.capabilities,
-        labels: profile.labels,
+        capabilities: advertised.capabilities,
+        labels: {
+            let mut labels = advertised.labels;
+            labels.insert("host".to_owned(), advertised.host);
+            labels
+        },
         topic: format!("agent.{}", agent.agent_type),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         ..Default::default()
     };
     let mut connection = connection;
+    let mut paused = advertised.paused;
     let mut tick = tokio::time::interval(interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            // A pause or resume is announced at once, not at the next beat.
+            Ok(()) = paused.changed() => {}
             () = shutdown.wait() => break,
         }
         let mut beat = info.clone();
         beat.last_heartbeat = Some(prost_types::Timestamp::from(SystemTime::now()));
+        beat.status = if *paused.borrow_and_update() {
+            pb::AgentStatus::Draining
+        } else {
+            pb::AgentStatus::Ready
+        } as i32;
         let written: Result<(), redis::RedisError> = redis::pipe()
             .cmd("SET")
             .arg(&key)

@@ -1,7 +1,8 @@
 //! `GET /diagnostics`: what this gateway is, how long it has run, what it depends on and
-//! whether those dependencies answer, and how each agent type and workflow has been doing
-//! (p50/p95/average step time, error rate, runs by outcome) — the first page an operator opens;
-//! `GET /agents`: the agent registry with heartbeat ages.
+//! whether those dependencies answer, how each agent type and workflow has been doing
+//! (p50/p95/average step time, error rate, runs by outcome) and the capacity of every monitored
+//! host with recommendations — the first page an operator opens; `GET /agents`: the agent
+//! registry with heartbeat ages, hosts and status.
 
 use std::{
     sync::Arc,
@@ -10,10 +11,11 @@ use std::{
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
+use tta_proto::v1 as pb;
 use tta_runtime::{Readiness, ServiceContext};
 use tta_types::Config;
 
-use crate::store::Store;
+use crate::{capacity::Capacity, store::Store};
 
 #[derive(Debug, Clone)]
 struct DiagnosticsState {
@@ -21,9 +23,10 @@ struct DiagnosticsState {
     config: Arc<Config>,
     readiness: Readiness,
     store: Store,
+    capacity: Capacity,
 }
 
-pub fn routes(context: &ServiceContext, store: Store) -> Router {
+pub fn routes(context: &ServiceContext, store: Store, capacity: Capacity) -> Router {
     Router::new()
         .route("/diagnostics", get(diagnostics))
         .route("/agents", get(agents))
@@ -32,6 +35,7 @@ pub fn routes(context: &ServiceContext, store: Store) -> Router {
             config: context.config.clone(),
             readiness: context.readiness.clone(),
             store,
+            capacity,
         })
 }
 
@@ -61,6 +65,9 @@ async fn agents(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Valu
                 "agent_type": id.agent_type,
                 "instance": id.instance,
                 "topic": info.topic,
+                "host": info.labels.get("host"),
+                "status": pb::AgentStatus::try_from(info.status)
+                    .map_or("unknown", |status| status.as_str_name()),
                 "capabilities": info.capabilities,
                 "labels": info.labels,
                 "version": info.version,
@@ -96,5 +103,6 @@ async fn diagnostics(State(state): State<DiagnosticsState>) -> Json<Value> {
         // and over time: tta_gateway_step_duration_seconds, tta_gateway_turns_total).
         "agents": crate::stats::agents(),
         "workflows": crate::stats::workflows(),
+        "capacity": crate::capacity::report(&state.capacity.view()),
     }))
 }

@@ -1,5 +1,7 @@
 //! `gateway::Error` and its one mapping to gRPC status codes.
 
+use std::time::Duration;
+
 use tta_types::{ErrorCode, FieldViolation, ServiceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +20,12 @@ pub enum Error {
     Aborted(String),
     #[error("redis unavailable: {0}")]
     Unavailable(String),
+    /// Every host is too loaded for this turn's priority (see `capacity`).
+    #[error("{reason}")]
+    Shed {
+        reason: String,
+        retry_after: Duration,
+    },
     #[error("corrupt gateway data in redis: {0}")]
     Corrupt(String),
     #[error("{0}")]
@@ -56,14 +64,54 @@ impl ServiceError for Error {
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::Busy(_) => ErrorCode::ResourceExhausted,
             Error::Aborted(_) => ErrorCode::Aborted,
-            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Unavailable(_) | Error::Shed { .. } => ErrorCode::Unavailable,
             Error::Corrupt(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
 }
 
+/// A shed turn carries the contract's retry hint: the `retry-after-ms` trailer and the
+/// `(retry after N ms)` suffix.
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
-        err.to_status()
+        match &err {
+            Error::Shed { retry_after, .. } => {
+                let millis = retry_after.as_millis();
+                let mut status = tonic::Status::new(
+                    err.error_code().grpc_code(),
+                    format!("{err} (retry after {millis} ms)"),
+                );
+                if let Ok(value) = millis.to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", value);
+                }
+                status
+            }
+            _ => err.to_status(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shed_turn_is_unavailable_with_a_retry_hint() {
+        let status: tonic::Status = Error::Shed {
+            reason: "capacity overloaded".into(),
+            retry_after: Duration::from_secs(4),
+        }
+        .into();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().ends_with("(retry after 4000 ms)"));
+        assert_eq!(
+            status
+                .metadata()
+                .get("retry-after-ms")
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "4000"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! The orchestrator gateway: the public `tta.v1.Orchestrator` API that other TTA services call.
 //! It runs each player turn as a workflow of agent steps through the broker, keeps sessions and
-//! run records in Redis, serves `tta.v1.Safety` (classification, rule reloads, escalations) and
-//! the JSON `/diagnostics` endpoint. The agent registry is advertised here and arrives with its
-//! capability.
+//! run records in Redis, serves `tta.v1.Safety` (classification, rule reloads, escalations),
+//! sheds work when every host is critical (`capacity`), and serves the JSON `/diagnostics`
+//! endpoint. The agent registry is advertised here and arrives with its capability.
 
+pub mod capacity;
 mod diagnostics;
 pub mod dispatch;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod workflow;
 
 use std::{sync::Arc, time::Duration};
 
+use futures::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tta_proto::{
     service_names,
@@ -112,6 +114,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
             .set_response_timeout(Some(Duration::from_secs(5))),
     )?;
     let keys = Keyspace::new(&config.redis.key_prefix);
+    let (poller, capacity) = capacity::capacity(config.clone(), keys.clone(), connection.clone());
     let workflows = Arc::new(workflow::registry::WorkflowRegistry::new(
         keys.clone(),
         connection.clone(),
@@ -160,7 +163,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         workflows.clone(),
         instance.clone(),
     );
-    let service = orchestrator::OrchestratorService::new(config.clone(), turns);
+    let service = orchestrator::OrchestratorService::new(config.clone(), turns, capacity.clone());
 
     let grpc = GrpcServer::new(context.kind.name())
         .add_service(OrchestratorServer::new(service))
@@ -168,9 +171,10 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         .advertise(service_names::AGENT_REGISTRY);
     let mut parts = ServiceParts::default().with_grpc(grpc);
     if config.diagnostics.enabled {
-        parts = parts.with_admin_routes(diagnostics::routes(&context, registry));
+        parts = parts.with_admin_routes(diagnostics::routes(&context, registry, capacity));
     }
     let shutdown = context.shutdown.clone();
+    parts = parts.with_task("capacity", poller.run(shutdown.clone()).map(Ok));
     let handler = dispatcher.result_handler();
     if let Some(webhook) = config.safety.webhook.clone() {
         let store = tta_safety::escalation::EscalationStore::new(safety_pool, &keys);

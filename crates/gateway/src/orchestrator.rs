@@ -6,9 +6,12 @@ use std::{pin::Pin, sync::Arc, time::SystemTime};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 use tta_proto::v1::{self as pb, orchestrator_server::Orchestrator};
-use tta_types::{Config, FieldViolation, SessionId, TurnId, UserId};
+use tta_types::{
+    Config, FieldViolation, Priority, SessionId, TurnId, UserId, convert::priority_from_proto,
+};
 
 use crate::{
+    capacity::Capacity,
     error::Error,
     events::{self, EventSink},
     turn::{TurnRequest, TurnRunner},
@@ -23,11 +26,36 @@ const MAX_METADATA_VALUE_BYTES: usize = 1024;
 pub struct OrchestratorService {
     config: Arc<Config>,
     turns: TurnRunner,
+    capacity: Capacity,
 }
 
 impl OrchestratorService {
-    pub fn new(config: Arc<Config>, turns: TurnRunner) -> Self {
-        Self { config, turns }
+    pub fn new(config: Arc<Config>, turns: TurnRunner, capacity: Capacity) -> Self {
+        Self {
+            config,
+            turns,
+            capacity,
+        }
+    }
+
+    /// Validates a turn and admits it under the current capacity pressure. A turn that already
+    /// finished is always admitted: answering it from its run record costs the hosts nothing.
+    async fn accept(&self, request: pb::ProcessUserInputRequest) -> Result<TurnRequest, Status> {
+        let priority: Priority = priority_from_proto("priority", request.priority)?;
+        let turn = self.validate_turn(request)?;
+        if let Err(shed) = self.capacity.admit(priority) {
+            let finished = self
+                .turns
+                .store()
+                .response(turn.session_id.as_str(), turn.turn_id.as_str())
+                .await?
+                .is_some();
+            if !finished {
+                tracing::info!(session = %turn.session_id, turn = %turn.turn_id, priority = %priority, "turn shed");
+                return Err(shed.into());
+            }
+        }
+        Ok(turn)
     }
 
     fn validate_turn(
@@ -147,7 +175,7 @@ impl Orchestrator for OrchestratorService {
         &self,
         request: Request<pb::ProcessUserInputRequest>,
     ) -> Result<Response<pb::ProcessUserInputResponse>, Status> {
-        let turn = self.validate_turn(request.into_inner())?;
+        let turn = self.accept(request.into_inner()).await?;
         Ok(Response::new(
             self.turns.run(turn, &EventSink::default()).await?,
         ))
@@ -159,7 +187,7 @@ impl Orchestrator for OrchestratorService {
         &self,
         request: Request<pb::ProcessUserInputRequest>,
     ) -> Result<Response<Self::StreamTurnStream>, Status> {
-        let turn = self.validate_turn(request.into_inner())?;
+        let turn = self.accept(request.into_inner()).await?;
         let turn_id = turn.turn_id.to_string();
         let (sink, receiver) = EventSink::channel();
         let runner = self.turns.clone();

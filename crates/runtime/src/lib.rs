@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod config;
 pub mod grpc;
+pub mod hosts;
 pub mod messaging;
 pub mod metrics;
 pub mod readiness;

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::{StreamExt, future::BoxFuture};
 use tokio::{
-    sync::{Semaphore, mpsc},
+    sync::{Semaphore, mpsc, watch},
     task::JoinSet,
 };
 use tokio_stream::wrappers::ReceiverStream;
@@ -102,9 +102,36 @@ pub async fn consume(
     handler: Handler,
     shutdown: Shutdown,
 ) {
+    // Never paused: the sender lives as long as the consumer.
+    let (_open, gate) = watch::channel(false);
+    consume_while(publisher, subscription, handler, shutdown, gate).await;
+}
+
+/// [`consume`], but while `paused` holds `true` the consumer is unsubscribed: deliveries in
+/// flight settle, nothing new is taken, and the broker's competing consumers get the work
+/// instead. It subscribes again once `paused` turns `false`.
+pub async fn consume_while(
+    publisher: Publisher,
+    subscription: Subscription,
+    handler: Handler,
+    shutdown: Shutdown,
+    mut paused: watch::Receiver<bool>,
+) {
     let mut failures: u32 = 0;
     while !shutdown.is_triggered() {
-        match consume_once(&publisher, &subscription, &handler, &shutdown).await {
+        if *paused.borrow_and_update() {
+            tracing::info!(topic = %subscription.topic, "consumer paused");
+            tokio::select! {
+                changed = paused.wait_for(|paused| !*paused) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = shutdown.wait() => return,
+            }
+            tracing::info!(topic = %subscription.topic, "consumer resumed");
+        }
+        match consume_once(&publisher, &subscription, &handler, &shutdown, &mut paused).await {
             Ok(()) => failures = 0,
             Err(status) => {
                 failures += 1;
@@ -125,6 +152,7 @@ async fn consume_once(
     subscription: &Subscription,
     handler: &Handler,
     shutdown: &Shutdown,
+    paused: &mut watch::Receiver<bool>,
 ) -> Result<(), Status> {
     let (frames, receiver) = mpsc::channel(subscription.prefetch as usize * 2 + 8);
     let subscribe = pb::ConsumeRequest {
@@ -156,6 +184,7 @@ async fn consume_once(
         let next = tokio::select! {
             next = deliveries.next() => next,
             () = shutdown.wait() => break Ok(()),
+            Ok(_) = paused.wait_for(|paused| *paused) => break Ok(()),
         };
         let delivery = match next {
             Some(Ok(delivery)) => delivery,

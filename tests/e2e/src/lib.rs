@@ -27,15 +27,29 @@ impl Running {
     }
 }
 
-/// Broker, gateway and the three built-in workers, as real processes on free ports.
+/// Broker, gateway and the three built-in workers, as real processes on free ports; with
+/// [`Stack::start_on_hosts`], a resource monitor per simulated host as well.
 #[derive(Debug)]
 pub struct Stack {
     pub broker: Running,
     pub gateway: Running,
     pub workers: Vec<Running>,
+    pub monitors: Vec<Running>,
     pub redis_url: String,
     pub prefix: String,
 }
+
+/// A simulated host: its resource monitor (named `name`, with `monitor_env` added, e.g.
+/// thresholds) and one worker of each type that says it runs there. All on this machine.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub monitor_env: Vec<(&'static str, String)>,
+}
+
+/// How often monitors sample, workers look at their host and the gateway polls, in stacks with
+/// hosts: fast, so tests see changes within a second.
+const HOST_REFRESH: &str = "200ms";
 
 /// The repository root, where `deploy/worlds` lives.
 pub fn repository_root() -> PathBuf {
@@ -89,7 +103,7 @@ impl Stack {
         test: &str,
         workers_per_agent: usize,
     ) -> anyhow::Result<Self> {
-        Self::launch(redis_url, test, &WORKERS, workers_per_agent, &[]).await
+        Self::launch(redis_url, test, &WORKERS, workers_per_agent, &[], &[]).await
     }
 
     /// Like [`Stack::start`] with only the given worker binaries, for tests that stand in for
@@ -100,7 +114,15 @@ impl Stack {
         worker_binaries: &[&'static str],
         workers_per_agent: usize,
     ) -> anyhow::Result<Self> {
-        Self::launch(redis_url, test, worker_binaries, workers_per_agent, &[]).await
+        Self::launch(
+            redis_url,
+            test,
+            worker_binaries,
+            workers_per_agent,
+            &[],
+            &[],
+        )
+        .await
     }
 
     /// [`Stack::start`] with extra environment variables for every process, e.g. `TTA_…`
@@ -111,7 +133,16 @@ impl Stack {
         workers_per_agent: usize,
         extra_env: &[(&'static str, String)],
     ) -> anyhow::Result<Self> {
-        Self::launch(redis_url, test, &WORKERS, workers_per_agent, extra_env).await
+        Self::launch(redis_url, test, &WORKERS, workers_per_agent, extra_env, &[]).await
+    }
+
+    /// Starts the stack with a resource monitor and one worker of each type per host.
+    pub async fn start_on_hosts(
+        redis_url: &str,
+        test: &str,
+        hosts: &[Host],
+    ) -> anyhow::Result<Self> {
+        Self::launch(redis_url, test, &WORKERS, 0, &[], hosts).await
     }
 
     async fn launch(
@@ -120,6 +151,7 @@ impl Stack {
         worker_binaries: &[&'static str],
         workers_per_agent: usize,
         extra_env: &[(&'static str, String)],
+        hosts: &[Host],
     ) -> anyhow::Result<Self> {
         let prefix = tta_testkit::unique_prefix(test);
         let worlds = repository_root().join("deploy/worlds");
@@ -148,15 +180,31 @@ impl Stack {
                 workers.push(spawn(binary, false, with_broker.clone())?);
             }
         }
+        let mut monitors = Vec::new();
+        for host in hosts {
+            let mut env = common.clone();
+            env.push(("TTA_RESOURCE_MONITOR__HOST_NAME", host.name.clone()));
+            env.push(("TTA_MONITORING__METRICS_INTERVAL", HOST_REFRESH.to_owned()));
+            env.extend(host.monitor_env.iter().cloned());
+            monitors.push(spawn("tta-resource-monitor", true, env)?);
+            for binary in WORKERS {
+                let mut env = with_broker.clone();
+                env.push(("TTA_AGENTS__HOST_NAME", host.name.clone()));
+                env.push(("TTA_AGENTS__HOST_CHECK_INTERVAL", HOST_REFRESH.to_owned()));
+                workers.push(spawn(binary, false, env)?);
+            }
+        }
+        with_broker.push(("TTA_GATEWAY__CAPACITY_REFRESH", HOST_REFRESH.to_owned()));
         let gateway = spawn("tta-gateway", true, with_broker)?;
-        for worker in &workers {
-            wait_ready(worker).await?;
+        for process in monitors.iter().chain(&workers) {
+            wait_ready(process).await?;
         }
         wait_ready(&gateway).await?;
         Ok(Self {
             broker,
             gateway,
             workers,
+            monitors,
             redis_url: redis_url.to_owned(),
             prefix,
         })

@@ -2,6 +2,7 @@
 //! orchestrator's own figure, so a number always comes with what it should be compared to.
 
 mod broker;
+mod monitor;
 mod safety;
 mod stats;
 mod turns;
@@ -14,6 +15,9 @@ use tta_runtime::service::EXIT_FAILURE;
 pub enum BenchCommand {
     /// Publish → deliver → ack through the broker service, against raw Redis Streams.
     Broker(broker::BrokerBenchArgs),
+    /// The resource monitor's own CPU and memory at 1 Hz sampling, against the same binary
+    /// sampling hourly, and `/metrics` scrape latency against `/health`.
+    Monitor(monitor::MonitorBenchArgs),
     /// Safety rule engine throughput and per-turn latency on one core, against a plain RegexSet
     /// scan of the same patterns.
     Safety(safety::SafetyBenchArgs),
@@ -25,6 +29,7 @@ pub enum BenchCommand {
 pub async fn run(command: BenchCommand) -> ExitCode {
     let outcome = match command {
         BenchCommand::Broker(args) => broker::run(args).await,
+        BenchCommand::Monitor(args) => monitor::run(args).await,
         BenchCommand::Safety(args) => safety::run(args).await,
         BenchCommand::Turns(args) => turns::run(args).await,
     };

@@ -136,6 +136,9 @@ pub struct GatewayConfig {
     pub tool_registry_endpoint: String,
     /// Resource monitors to aggregate, in addition to those that register themselves.
     pub resource_monitor_endpoints: Vec<String>,
+    /// How often the gateway polls the resource monitors for its capacity view.
+    #[serde(with = "duration")]
+    pub capacity_refresh: Duration,
     /// Longest player input accepted, in characters.
     pub max_input_chars: usize,
     /// Budget for a whole standard turn (R7.1: 2 s).
@@ -156,6 +159,7 @@ impl Default for GatewayConfig {
             broker_endpoint: "http://127.0.0.1:50052".to_owned(),
             tool_registry_endpoint: "http://127.0.0.1:50053".to_owned(),
             resource_monitor_endpoints: Vec::new(),
+            capacity_refresh: Duration::from_secs(2),
             max_input_chars: 2000,
             turn_timeout: Duration::from_secs(2),
             workflows_file: None,
@@ -282,8 +286,16 @@ pub struct ResourceMonitorConfig {
     pub listen: ListenConfig,
     /// Name reported for this host; defaults to the system host name.
     pub host_name: Option<String>,
-    /// Gateway to register with, so it aggregates this host without static configuration.
-    pub gateway_endpoint: Option<String>,
+    /// The gRPC URL the gateway reaches this monitor at, written to its host record in Redis so
+    /// the gateway aggregates this host without static configuration; defaults to
+    /// `http://<listen.grpc>`.
+    pub advertise_endpoint: Option<String>,
+    /// How long the host record lives in Redis unless the monitor refreshes it; a dead monitor's
+    /// host drops out of the gateway's view after this long.
+    #[serde(with = "duration")]
+    pub registration_ttl: Duration,
+    /// Sample the CPU and memory of TTA processes (`tta*`) on the host.
+    pub track_processes: bool,
 }
 
 impl Default for ResourceMonitorConfig {
@@ -291,7 +303,9 @@ impl Default for ResourceMonitorConfig {
         Self {
             listen: ListenConfig::loopback(50054, 9054),
             host_name: None,
-            gateway_endpoint: None,
+            advertise_endpoint: None,
+            registration_ttl: Duration::from_secs(15),
+            track_processes: true,
         }
     }
 }
@@ -323,6 +337,10 @@ pub struct MonitoringConfig {
     pub sustain_for: Duration,
     /// Percentage points below a threshold a value must fall before its alert clears.
     pub hysteresis: f64,
+    /// An alert that fires again at the same level within this time after its last firing is
+    /// not announced again (no event, log line or transition count); its state still changes.
+    #[serde(with = "duration")]
+    pub alert_cooldown: Duration,
 }
 
 impl Default for MonitoringConfig {
@@ -337,6 +355,7 @@ impl Default for MonitoringConfig {
             gpu_mem_crit: 95.0,
             sustain_for: Duration::ZERO,
             hysteresis: 5.0,
+            alert_cooldown: Duration::from_secs(60),
         }
     }
 }
@@ -508,6 +527,14 @@ pub struct AgentsConfig {
     pub broker_endpoint: String,
     /// Directory of world files (`<world id>.yaml`) the WBA loads.
     pub worlds_dir: PathBuf,
+    /// The host the workers run on, as its resource monitor names it
+    /// (`resource_monitor.host_name`); defaults to the system host name. While this host is
+    /// critical a worker stops taking tasks, as long as a worker of its type on a healthier host
+    /// is alive.
+    pub host_name: Option<String>,
+    /// How often a worker looks at its host's health in the host registry.
+    #[serde(with = "duration")]
+    pub host_check_interval: Duration,
     pub ipa: AgentWorkerConfig,
     pub wba: AgentWorkerConfig,
     pub nga: AgentWorkerConfig,
@@ -529,6 +556,8 @@ impl Default for AgentsConfig {
             auto_register: true,
             broker_endpoint: "http://127.0.0.1:50052".to_owned(),
             worlds_dir: PathBuf::from("deploy/worlds"),
+            host_name: None,
+            host_check_interval: Duration::from_secs(2),
             ipa: AgentWorkerConfig::with_admin_port(9061),
             wba: AgentWorkerConfig::with_admin_port(9062),
             nga: AgentWorkerConfig::with_admin_port(9063),

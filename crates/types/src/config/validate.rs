@@ -1,7 +1,7 @@
 //! Cross-field rules that serde cannot express. Every issue names the key path, so an operator
 //! can go straight to the line to fix.
 
-use std::{collections::HashMap, fmt, net::SocketAddr};
+use std::{collections::HashMap, fmt, net::SocketAddr, time::Duration};
 
 use super::{AgentBackend, Config, ListenConfig, RetryConfig};
 
@@ -68,8 +68,9 @@ impl Collector {
         let warn_path = format!("{section}.{resource}_warn");
         self.percent(&warn_path, warn);
         self.percent(&format!("{section}.{resource}_crit"), crit);
-        self.check(warn < crit, &warn_path, || {
-            format!("must be below {resource}_crit ({crit}), got {warn}")
+        // Equal thresholds are allowed: the resource then goes straight from OK to critical.
+        self.check(warn <= crit, &warn_path, || {
+            format!("must not exceed {resource}_crit ({crit}), got {warn}")
         });
     }
 
@@ -204,6 +205,35 @@ impl Config {
             self.monitoring.gpu_mem_crit,
         );
         c.percent("monitoring.hysteresis", self.monitoring.hysteresis);
+        c.check(
+            self.resource_monitor.registration_ttl >= Duration::from_secs(1),
+            "resource_monitor.registration_ttl",
+            || "must be at least 1s".to_owned(),
+        );
+        if let Some(host) = &self.resource_monitor.host_name {
+            c.check(
+                crate::ids::check_id(host).is_ok(),
+                "resource_monitor.host_name",
+                || "must be 1-128 characters of letters, digits, '-', '_', '.', ':'".to_owned(),
+            );
+        }
+        if let Some(host) = &self.agents.host_name {
+            c.check(
+                crate::ids::check_id(host).is_ok(),
+                "agents.host_name",
+                || "must be 1-128 characters of letters, digits, '-', '_', '.', ':'".to_owned(),
+            );
+        }
+        c.check(
+            !self.agents.host_check_interval.is_zero(),
+            "agents.host_check_interval",
+            || "must be greater than zero".to_owned(),
+        );
+        c.check(
+            !self.gateway.capacity_refresh.is_zero(),
+            "gateway.capacity_refresh",
+            || "must be greater than zero".to_owned(),
+        );
 
         let interval = self.agents.effective_heartbeat_interval();
         c.check(
@@ -379,7 +409,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
 
@@ -409,6 +438,25 @@ mod tests {
                 "broker.retry.factor",
                 "monitoring.cpu_warn",
                 "agents.heartbeat_interval"
+            ]
+        );
+    }
+
+    #[test]
+    fn equal_thresholds_are_allowed_and_host_names_must_be_ids() {
+        let mut config = Config::default();
+        config.monitoring.cpu_warn = 0.0;
+        config.monitoring.cpu_crit = 0.0;
+        assert!(issue_paths(&config).is_empty());
+        config.resource_monitor.host_name = Some("gpu node 1".into());
+        config.agents.host_name = Some(String::new());
+        config.resource_monitor.registration_ttl = Duration::from_millis(10);
+        assert_eq!(
+            issue_paths(&config),
+            [
+                "resource_monitor.registration_ttl",
+                "resource_monitor.host_name",
+                "agents.host_name"
             ]
         );
     }
