@@ -1,6 +1,7 @@
 //! `GET /diagnostics`: what this gateway is, how long it has run, what it depends on and
 //! whether those dependencies answer — the first page an operator opens; `GET /agents`: the
-//! agent registry with heartbeat ages.
+//! agent registry with heartbeat ages; `GET /tools`: the shared tools, their usage and the tool
+//! policy, read from the tool registry.
 
 use std::{
     sync::Arc,
@@ -26,12 +27,26 @@ pub fn routes(context: &ServiceContext, store: Store) -> Router {
     Router::new()
         .route("/diagnostics", get(diagnostics))
         .route("/agents", get(agents))
+        .route("/tools", get(tools))
         .with_state(DiagnosticsState {
             started: Instant::now(),
             config: context.config.clone(),
             readiness: context.readiness.clone(),
             store,
         })
+}
+
+/// `GET /tools`: the tool registry's tools, usage summary, recommendations and (redacted)
+/// policy, as JSON. 503 when the registry does not answer.
+async fn tools(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Value>) {
+    let endpoint = state.config.gateway.tool_registry_endpoint.clone();
+    match crate::tool_diagnostics::snapshot(&endpoint).await {
+        Ok(snapshot) => (StatusCode::OK, Json(snapshot)),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "tool_registry": endpoint, "error": err })),
+        ),
+    }
 }
 
 /// `GET /agents`: the registered workers and how long ago each one last sent a heartbeat.

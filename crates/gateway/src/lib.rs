@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod error;
 pub mod orchestrator;
 pub mod store;
+mod tool_diagnostics;
 pub mod turn;
 
 use std::time::Duration;

@@ -483,6 +483,14 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_policy_file_is_valid() {
+        let sample = include_str!("../../../deploy/tools/policy.yaml");
+        let policy = Policy::overlay(&Policy::default(), sample).unwrap();
+        assert!(!policy.allow_network_tools);
+        assert_eq!(policy.delete_after, Some(Duration::from_secs(7 * 86_400)));
+    }
+
+    #[test]
     fn patterns_and_agent_lists_match() {
         assert!(name_matches("world.*", "world.lookup"));
         assert!(!name_matches("world.*", "dice.roll"));

@@ -192,6 +192,8 @@ impl SharedPolicy {
     /// Reloads the policy file whenever its content changes, until shutdown.
     pub async fn watch(self, shutdown: Shutdown) -> Result<(), tta_runtime::BoxError> {
         let Some(path) = self.inner.file.clone() else {
+            // Nothing to watch; a task that ends early would stop the service.
+            shutdown.wait().await;
             return Ok(());
         };
         let mut seen = content_hash(&path).await;

@@ -154,9 +154,9 @@ impl Store {
         self.keys.tagged(TAG, parts)
     }
 
-    /// The key holding every version of `name` (also what the bench reads raw).
+    /// The key holding every version of `name`.
     pub fn tool_key(&self, name: &str) -> String {
-        self.key(&["tool", name])
+        tool_key(&self.keys, name)
     }
 
     async fn connection(&self) -> Result<tta_runtime::redis::Connection, Error> {
@@ -410,6 +410,12 @@ impl Store {
         }
         Ok(live)
     }
+}
+
+/// The hash holding every version of `name` (field: version, value: spec JSON); public so
+/// `tta bench tools` can read the same stored bytes raw.
+pub fn tool_key(keys: &Keyspace, name: &str) -> String {
+    keys.tagged(TAG, &["tool", name])
 }
 
 fn parse(json: &str) -> Result<ToolSpec, Error> {

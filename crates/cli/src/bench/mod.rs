@@ -4,6 +4,7 @@
 mod broker;
 mod safety;
 mod stats;
+mod tools;
 mod turns;
 
 use std::process::ExitCode;
@@ -17,6 +18,9 @@ pub enum BenchCommand {
     /// Safety rule engine throughput and per-turn latency on one core, against a plain RegexSet
     /// scan of the same patterns.
     Safety(safety::SafetyBenchArgs),
+    /// GetTool over gRPC with the lookup cache on and off, against a raw Redis HGET of the
+    /// same stored spec.
+    Tools(tools::ToolsBenchArgs),
     /// Whole turns with the built-in agents through every service, at 1, 16 and 64 sessions,
     /// against the engines alone in-process.
     Turns(turns::TurnsBenchArgs),
@@ -26,6 +30,7 @@ pub async fn run(command: BenchCommand) -> ExitCode {
     let outcome = match command {
         BenchCommand::Broker(args) => broker::run(args).await,
         BenchCommand::Safety(args) => safety::run(args).await,
+        BenchCommand::Tools(args) => tools::run(args).await,
         BenchCommand::Turns(args) => turns::run(args).await,
     };
     match outcome {
