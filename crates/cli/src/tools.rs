@@ -45,13 +45,15 @@ pub enum ToolsCommand {
     /// Show one tool version in full: schemas, safety flags, owner, examples and usage.
     Show {
         name: String,
-        /// Exact version; default: the latest active one.
-        #[arg(long, default_value = "")]
-        version: String,
+        /// Exact version; default: the latest active one. (`tool_version`: `--version` prints
+        /// the program's version.)
+        #[arg(id = "tool_version", value_name = "VERSION")]
+        version: Option<String>,
     },
     /// Deprecate a tool version: it stays invocable by exact version but is no longer offered.
     Deprecate {
         name: String,
+        #[arg(id = "tool_version", value_name = "VERSION")]
         version: String,
         /// Why (shown with the tool), at most 256 bytes.
         #[arg(long, default_value = "")]
@@ -229,7 +231,11 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
             ExitCode::SUCCESS
         }
         ToolsCommand::Show { name, version } => {
-            let spec = match client.get_tool(pb::GetToolRequest { name, version }).await {
+            let request = pb::GetToolRequest {
+                name,
+                version: version.unwrap_or_default(),
+            };
+            let spec = match client.get_tool(request).await {
                 Ok(response) => response.into_inner().spec.unwrap_or_default(),
                 Err(status) => return failed(status),
             };
@@ -380,5 +386,40 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
             }
             Err(status) => failed(status),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    /// `tools` as mounted in `tta`, which propagates `--version` to every subcommand.
+    #[derive(Debug, Parser)]
+    #[command(name = "tools", version, propagate_version = true)]
+    struct Probe {
+        #[command(flatten)]
+        target: super::ToolsTarget,
+        #[command(subcommand)]
+        command: super::ToolsCommand,
+    }
+
+    #[test]
+    fn every_subcommand_parses_without_clashing_arguments() {
+        Probe::command().debug_assert();
+        let probe = Probe::try_parse_from(["tools", "show", "dice.roll", "1.0.0"]).unwrap();
+        assert!(
+            matches!(probe.command, super::ToolsCommand::Show { version: Some(ref v), .. } if v == "1.0.0")
+        );
+        let probe = Probe::try_parse_from([
+            "tools",
+            "--json",
+            "deprecate",
+            "a.b",
+            "1.0.0",
+            "--reason",
+            "x",
+        ])
+        .unwrap();
+        assert!(probe.target.json);
     }
 }
