@@ -274,6 +274,11 @@ impl ToolRegistry for ToolRegistryService {
         &self,
         request: Request<pb::InvokeToolRequest>,
     ) -> Reply<pb::InvokeToolResponse> {
+        // Answer a little before the caller's deadline, so the outcome is recorded and reaches
+        // the caller rather than being cut off by its own timer.
+        let caller_deadline = grpc_timeout(request.metadata()).map(|deadline| {
+            deadline.saturating_sub((deadline / 10).min(Duration::from_millis(20)))
+        });
         let request = request.into_inner();
         let name = spec::validate_name("name", &request.name)?;
         let version = version_field("version", &request.version)?;
@@ -291,6 +296,12 @@ impl ToolRegistry for ToolRegistryService {
             Some(pb::invoke_tool_request::Args::ArgsStruct(fields)) => struct_to_json(fields),
         };
         let timeout = duration_field("timeout", request.timeout)?;
+        // The caller's gRPC deadline, when shorter, bounds the invocation too: past it nobody
+        // waits for the result.
+        let timeout = match (timeout, caller_deadline) {
+            (Some(asked), Some(deadline)) => Some(asked.min(deadline)),
+            (asked, deadline) => asked.or(deadline),
+        };
         let caller = request
             .caller
             .as_ref()
@@ -573,6 +584,23 @@ impl ToolRegistry for ToolRegistryService {
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header (`<digits><unit>`, unit H, M, S, m, u
+/// or n), if any.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.saturating_mul(3600)),
+        "M" => Duration::from_secs(value.saturating_mul(60)),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
 fn struct_to_json(fields: prost_types::Struct) -> Value {
     Value::Object(
         fields
@@ -602,5 +630,37 @@ fn value_to_json(value: prost_types::Value) -> Value {
             Value::Array(list.values.into_iter().map(value_to_json).collect())
         }
         Some(Kind::StructValue(fields)) => struct_to_json(fields),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_are_read_in_every_unit() {
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(grpc_timeout(&metadata), None);
+        for (raw, expected) in [
+            ("250m", Duration::from_millis(250)),
+            ("2S", Duration::from_secs(2)),
+            ("1M", Duration::from_secs(60)),
+            ("1H", Duration::from_secs(3600)),
+            ("1500u", Duration::from_micros(1500)),
+            ("10n", Duration::from_nanos(10)),
+        ] {
+            metadata.insert("grpc-timeout", raw.parse().unwrap());
+            assert_eq!(grpc_timeout(&metadata), Some(expected), "{raw}");
+        }
+        metadata.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
+    }
+
+    #[test]
+    fn page_tokens_belong_to_their_query() {
+        let token = page_token(100, "a|b");
+        assert_eq!(parse_page_token(&token, "a|b").unwrap(), 100);
+        assert!(parse_page_token(&token, "a|c").is_err());
+        assert!(parse_page_token("junk", "a|b").is_err());
     }
 }

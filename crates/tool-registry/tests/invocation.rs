@@ -161,6 +161,24 @@ async fn a_slow_tool_times_out_once_and_runs_once() {
         .into_inner();
     assert_eq!(stats.stats[0].timeouts, 1);
     assert_eq!(stats.stats[0].invocations, 1);
+
+    // Without a timeout field, the caller's gRPC deadline bounds the invocation: it is
+    // recorded as a timeout long before the policy default (5 s) would end it.
+    let mut request = tonic::Request::new(invoke("world.slow", r#"{"n": 2}"#));
+    request.set_timeout(Duration::from_millis(300));
+    let status = client.invoke_tool(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stats = client
+        .get_tool_stats(pb::GetToolStatsRequest {
+            name: "world.slow".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.stats[0].timeouts, 2);
+    assert_eq!(executions.load(Ordering::SeqCst), 2);
     harness.stop().await;
 }
 
@@ -377,5 +395,69 @@ async fn a_cleanup_pass_can_be_forced_and_dry_run() {
         .unwrap();
     assert_eq!(spec.status, pb::ToolStatus::Deprecated as i32);
     assert!(spec.deprecation_reason.starts_with("unused for"));
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_tool_refuses_more_invocations_with_a_retry_hint() {
+    let harness = Harness::start("saturated").await.unwrap();
+    let mut client = harness.client(0).await;
+    let reload = client
+        .reload_policy(pb::ReloadPolicyRequest {
+            validate_only: false,
+            policy_document: "max_concurrency_per_tool: 1\n".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(reload.applied);
+    let executor = CountingExecutor {
+        delay: Duration::from_millis(800),
+        ..Default::default()
+    };
+    let executions = executor.executions.clone();
+    let endpoint = serve_executor(executor).await;
+    client
+        .register_tool(pb::RegisterToolRequest {
+            spec: Some(owned_spec("world.busy", "1.0.0")),
+        })
+        .await
+        .unwrap();
+    client
+        .register_executor(pb::RegisterExecutorRequest {
+            agent: Some(pb::AgentId {
+                agent_type: "wba".into(),
+                instance: "w1".into(),
+            }),
+            endpoint,
+            tools: vec!["world.busy".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut first_client = client.clone();
+    let first = tokio::spawn(async move {
+        first_client
+            .invoke_tool(invoke("world.busy", r#"{"n": 1}"#))
+            .await
+    });
+    tta_testkit::wait_until(
+        common::WAIT,
+        "the first invocation to reach the executor",
+        || {
+            let executions = executions.clone();
+            async move { (executions.load(Ordering::SeqCst) == 1).then_some(()) }
+        },
+    )
+    .await
+    .unwrap();
+    let status = client
+        .invoke_tool(invoke("world.busy", r#"{"n": 2}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.metadata().get("retry-after-ms").is_some());
+    assert!(first.await.unwrap().is_ok());
+    assert_eq!(executions.load(Ordering::SeqCst), 1);
     harness.stop().await;
 }
