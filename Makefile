@@ -47,10 +47,11 @@ demo: deps ## Run the stack and play a scripted session, printing each reply and
 
 .PHONY: bench
 bench: deps ## Run the benchmarks on a release build (each prints its same-run baseline and ratio)
-	$(CARGO) build --release --locked -p tta-cli -p tta-broker -p tta-resource-monitor
+	$(CARGO) build --release --locked -p tta-cli -p tta-broker -p tta-resource-monitor -p tta-tool-registry
 	target/release/tta bench broker
 	target/release/tta bench safety
 	target/release/tta bench monitor
+	target/release/tta bench tools
 
 .PHONY: clean
 clean: ## Remove build output and local run state

@@ -8,6 +8,7 @@ mod broker_admin;
 mod health;
 mod play;
 mod safety;
+mod tools;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -71,8 +72,13 @@ enum Command {
     /// Follow or acknowledge crisis escalations (Redis: `redis.url`, `redis.key_prefix`).
     #[command(subcommand)]
     Escalations(safety::EscalationsCommand),
-    /// List, show or deprecate registered tools.
-    Tools,
+    /// List, show or deprecate registered tools; their usage and the policy in force.
+    Tools {
+        #[command(flatten)]
+        target: tools::ToolsTarget,
+        #[command(subcommand)]
+        command: tools::ToolsCommand,
+    },
     /// Run a benchmark; each prints a baseline measured in the same run and the ratio.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,7 +107,7 @@ fn main() -> ExitCode {
             run_async(broker_admin::run_broker(cli.config, target, command))
         }
         Command::Escalations(command) => run_async(safety::run_escalations(cli.config, command)),
-        Command::Tools => not_yet("tools"),
+        Command::Tools { target, command } => run_async(tools::run(cli.config, target, command)),
         Command::Bench(command) => run_async(bench::run(command)),
     }
 }
@@ -134,10 +140,4 @@ fn check_config(file: PathBuf) -> ExitCode {
             ExitCode::from(EXIT_CONFIG)
         }
     }
-}
-
-/// Commands that are part of the planned surface but not in this build.
-fn not_yet(command: &str) -> ExitCode {
-    eprintln!("tta {command}: not available in this build yet");
-    ExitCode::from(EXIT_CONFIG)
 }

@@ -2,7 +2,8 @@
 //! whether those dependencies answer, how each agent type and workflow has been doing
 //! (p50/p95/average step time, error rate, runs by outcome) and the capacity of every monitored
 //! host with recommendations — the first page an operator opens; `GET /agents`: the agent
-//! registry with heartbeat ages, hosts and status.
+//! registry with heartbeat ages, hosts and status; `GET /tools`: the shared tools, their usage
+//! and the tool policy, read from the tool registry.
 
 use std::{
     sync::Arc,
@@ -30,6 +31,7 @@ pub fn routes(context: &ServiceContext, store: Store, capacity: Capacity) -> Rou
     Router::new()
         .route("/diagnostics", get(diagnostics))
         .route("/agents", get(agents))
+        .route("/tools", get(tools))
         .with_state(DiagnosticsState {
             started: Instant::now(),
             config: context.config.clone(),
@@ -37,6 +39,19 @@ pub fn routes(context: &ServiceContext, store: Store, capacity: Capacity) -> Rou
             store,
             capacity,
         })
+}
+
+/// `GET /tools`: the tool registry's tools, usage summary, recommendations and (redacted)
+/// policy, as JSON. 503 when the registry does not answer.
+async fn tools(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Value>) {
+    let endpoint = state.config.gateway.tool_registry_endpoint.clone();
+    match crate::tool_diagnostics::snapshot(&endpoint).await {
+        Ok(snapshot) => (StatusCode::OK, Json(snapshot)),
+        Err(err) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "tool_registry": endpoint, "error": err })),
+        ),
+    }
 }
 
 /// `GET /agents`: the registered workers and how long ago each one last sent a heartbeat.

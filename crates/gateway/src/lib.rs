@@ -14,6 +14,7 @@ pub mod orchestrator;
 pub mod safety;
 pub mod stats;
 pub mod store;
+mod tool_diagnostics;
 pub mod turn;
 pub mod webhook;
 pub mod workflow;

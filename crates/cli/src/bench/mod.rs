@@ -5,6 +5,7 @@ mod broker;
 mod monitor;
 mod safety;
 mod stats;
+mod tools;
 mod turns;
 
 use std::process::ExitCode;
@@ -21,6 +22,9 @@ pub enum BenchCommand {
     /// Safety rule engine throughput and per-turn latency on one core, against a plain RegexSet
     /// scan of the same patterns.
     Safety(safety::SafetyBenchArgs),
+    /// GetTool over gRPC with the lookup cache on and off, against a raw Redis HGET of the
+    /// same stored spec.
+    Tools(tools::ToolsBenchArgs),
     /// Whole turns with the built-in agents through every service, at 1, 16 and 64 sessions,
     /// against the engines alone in-process.
     Turns(turns::TurnsBenchArgs),
@@ -31,6 +35,7 @@ pub async fn run(command: BenchCommand) -> ExitCode {
         BenchCommand::Broker(args) => broker::run(args).await,
         BenchCommand::Monitor(args) => monitor::run(args).await,
         BenchCommand::Safety(args) => safety::run(args).await,
+        BenchCommand::Tools(args) => tools::run(args).await,
         BenchCommand::Turns(args) => turns::run(args).await,
     };
     match outcome {
