@@ -167,9 +167,6 @@ pub async fn heartbeat(
     ttl: Duration,
     shutdown: Shutdown,
 ) {
-    let member = agent.to_string();
-    let key = keys.agent(agent.agent_type.as_str(), &agent.instance);
-    let index = keys.agent_index();
     let info = pb::AgentInfo {
         id: Some(pb::AgentId::from(&agent)),
         capabilities: advertised.capabilities,
@@ -200,32 +197,17 @@ pub async fn heartbeat(
         } else {
             pb::AgentStatus::Ready
         } as i32;
-        let written: Result<(), redis::RedisError> = redis::pipe()
-            .cmd("SET")
-            .arg(&key)
-            .arg(beat.encode_to_vec())
-            .arg("PX")
-            .arg(ttl.as_millis() as u64)
-            .ignore()
-            .cmd("SADD")
-            .arg(&index)
-            .arg(&member)
-            .ignore()
-            .query_async(&mut connection)
-            .await;
+        let written = tta_runtime::agents::put(&mut connection, &keys, &beat, ttl).await;
         if let Err(err) = written {
             tracing::debug!(error = %err, "heartbeat failed; will retry");
         }
     }
     // Leaving cleanly: no ghost entry until the TTL runs out.
-    let _: Result<(), redis::RedisError> = redis::pipe()
-        .cmd("DEL")
-        .arg(&key)
-        .ignore()
-        .cmd("SREM")
-        .arg(&index)
-        .arg(&member)
-        .ignore()
-        .query_async(&mut connection)
-        .await;
+    let _ = tta_runtime::agents::remove(
+        &mut connection,
+        &keys,
+        agent.agent_type.as_str(),
+        &agent.instance,
+    )
+    .await;
 }

@@ -2,8 +2,9 @@
 //! It runs each player turn as a workflow of agent steps through the broker, keeps sessions and
 //! run records in Redis, serves `tta.v1.Safety` (classification, rule reloads, escalations),
 //! sheds work when every host is critical (`capacity`), and serves the JSON `/diagnostics`
-//! endpoint. The agent registry is advertised here and arrives with its capability.
+//! endpoint, and `tta.v1.AgentRegistry` for agents that are not built-in workers.
 
+pub mod agent_registry;
 pub mod capacity;
 mod diagnostics;
 pub mod dispatch;
@@ -23,9 +24,9 @@ use std::{sync::Arc, time::Duration};
 
 use futures::FutureExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tta_proto::{
-    service_names,
-    v1::{orchestrator_server::OrchestratorServer, safety_server::SafetyServer},
+use tta_proto::v1::{
+    agent_registry_server::AgentRegistryServer, orchestrator_server::OrchestratorServer,
+    safety_server::SafetyServer,
 };
 use tta_runtime::{
     BoxError, ConfigFileError, GrpcServer, ServiceContext, ServiceParts,
@@ -156,6 +157,8 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         visibility_timeout: Some(Duration::from_secs(2)),
     };
     let safety = safety::SafetyService::new(guard.clone(), store.clone());
+    let agents =
+        agent_registry::AgentRegistryService::new(store.clone(), config.agents.heartbeat_ttl);
     let turns = turn::TurnRunner::new(
         config.clone(),
         store,
@@ -169,7 +172,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     let grpc = GrpcServer::new(context.kind.name())
         .add_service(OrchestratorServer::new(service))
         .add_service(SafetyServer::new(safety))
-        .advertise(service_names::AGENT_REGISTRY);
+        .add_service(AgentRegistryServer::new(agents));
     let mut parts = ServiceParts::default().with_grpc(grpc);
     if config.diagnostics.enabled {
         parts = parts.with_admin_routes(diagnostics::routes(&context, registry, capacity));

@@ -401,39 +401,34 @@ impl Store {
         Ok(())
     }
 
-    /// Every worker in the agent registry whose heartbeat has not expired; expired names are
-    /// dropped from the index on the way.
+    /// Every live instance in the agent registry, by type then instance.
     pub async fn agents(&self) -> Result<Vec<pb::AgentInfo>, Error> {
-        let index = self.keys.agent_index();
-        let mut connection = self.connection();
-        let names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&index)
-            .query_async(&mut connection)
-            .await?;
-        let mut agents = Vec::with_capacity(names.len());
-        for name in names {
-            let Some((agent_type, instance)) = name.split_once(':') else {
-                continue;
-            };
-            let raw: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(self.keys.agent(agent_type, instance))
-                .query_async(&mut connection)
-                .await?;
-            match raw.map(|bytes| pb::AgentInfo::decode(bytes.as_slice())) {
-                Some(Ok(info)) => agents.push(info),
-                Some(Err(err)) => {
-                    tracing::warn!(agent = %name, error = %err, "unreadable registry entry")
-                }
-                None => {
-                    let _: i64 = redis::cmd("SREM")
-                        .arg(&index)
-                        .arg(&name)
-                        .query_async(&mut connection)
-                        .await?;
-                }
-            }
-        }
-        Ok(agents)
+        Ok(tta_runtime::agents::list(&mut self.connection(), &self.keys).await?)
+    }
+
+    /// One instance's record, if it is live.
+    pub async fn agent(
+        &self,
+        agent_type: &str,
+        instance: &str,
+    ) -> Result<Option<pb::AgentInfo>, Error> {
+        tta_runtime::agents::get(&mut self.connection(), &self.keys, agent_type, instance)
+            .await?
+            .transpose()
+            .map_err(|err| Error::Corrupt(format!("agent {agent_type}:{instance}: {err}")))
+    }
+
+    /// Writes an instance's record, live for `ttl`.
+    pub async fn put_agent(&self, info: &pb::AgentInfo, ttl: Duration) -> Result<(), Error> {
+        Ok(tta_runtime::agents::put(&mut self.connection(), &self.keys, info, ttl).await?)
+    }
+
+    /// Removes an instance's record; true when it was there.
+    pub async fn remove_agent(&self, agent_type: &str, instance: &str) -> Result<bool, Error> {
+        Ok(
+            tta_runtime::agents::remove(&mut self.connection(), &self.keys, agent_type, instance)
+                .await?,
+        )
     }
 
     pub async fn ping(&self) -> Result<(), Error> {

@@ -4,6 +4,7 @@
 //! once, not copied per service.
 
 pub mod admin;
+pub mod agents;
 pub mod config;
 pub mod grpc;
 pub mod hosts;
