@@ -178,6 +178,14 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
             .min(1024),
         visibility_timeout: None,
     };
+    let direct = Subscription {
+        topic: tta_runtime::agents::direct_topic(agent_type.as_str(), &agent_id.instance),
+        ..subscription.clone()
+    };
+    labels.insert(
+        tta_runtime::agents::DIRECT_TOPIC_LABEL.to_owned(),
+        direct.topic.clone(),
+    );
     let host = config
         .agents
         .host_name
@@ -191,8 +199,24 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         let shutdown = context.shutdown.clone();
         let handler = worker.handler();
         let gate = pause_gate.clone();
+        let direct_publisher = publisher.clone();
+        let direct_handler = handler.clone();
+        let direct_shutdown = shutdown.clone();
+        let direct_gate = gate.clone();
         parts = parts.with_task("consume-tasks", async move {
             messaging::consume_while(publisher, subscription, handler, shutdown, gate).await;
+            Ok(())
+        });
+        // Tasks for steps that need this instance's particular capabilities.
+        parts = parts.with_task("consume-direct-tasks", async move {
+            messaging::consume_while(
+                direct_publisher,
+                direct,
+                direct_handler,
+                direct_shutdown,
+                direct_gate,
+            )
+            .await;
             Ok(())
         });
         let placement = placement::Placement {

@@ -55,10 +55,42 @@ impl Dispatcher {
         &self.reply_topic
     }
 
-    /// Publishes `task` and waits up to `timeout` for its result. `maybe_answered` says an
-    /// earlier attempt may have published the same task, so its result may already be stored.
+    /// The topic of one live, ready instance of `agent_type` that advertises every one of
+    /// `capabilities` (the least loaded, ties at random); `None` when there is none.
+    pub async fn capable_topic(
+        &self,
+        agent_type: &str,
+        capabilities: &[String],
+    ) -> Result<Option<String>, crate::error::Error> {
+        let agents = self.store.agents().await?;
+        let mut candidates: Vec<(&pb::AgentInfo, &str)> =
+            tta_runtime::agents::capable(&agents, agent_type, capabilities).collect();
+        fastrand::shuffle(&mut candidates);
+        Ok(candidates
+            .into_iter()
+            .min_by(|(a, _), (b, _)| a.load.total_cmp(&b.load))
+            .map(|(_, topic)| topic.to_owned()))
+    }
+
+    /// Publishes `task` to its agent type's topic and waits up to `timeout` for its result.
+    /// `maybe_answered` says an earlier attempt may have published the same task, so its result
+    /// may already be stored.
     pub async fn run(
         &self,
+        task: pb::AgentTask,
+        timeout: Duration,
+        priority: pb::Priority,
+        maybe_answered: bool,
+    ) -> Result<pb::AgentResult, DispatchError> {
+        let topic = task_topic(&task.agent_type);
+        self.run_on(topic, task, timeout, priority, maybe_answered)
+            .await
+    }
+
+    /// Like [`Self::run`], on a given topic (one instance's own, for capability matching).
+    pub async fn run_on(
+        &self,
+        topic: String,
         mut task: pb::AgentTask,
         timeout: Duration,
         priority: pb::Priority,
@@ -71,7 +103,7 @@ impl Dispatcher {
             waiters.insert(task_id.clone(), sender);
         }
         let message = Outgoing {
-            topic: task_topic(&task.agent_type),
+            topic,
             // The same task published twice (a retried turn) is enqueued once.
             idempotency_key: Some(format!("task.{}.{}", sanitize(&task_id), task.attempt)),
             payload: task.encode_to_vec(),

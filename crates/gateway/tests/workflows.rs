@@ -52,7 +52,8 @@ impl TaskRunner for Scripted {
 }
 
 struct Harness {
-    _redis: RedisServer,
+    redis: RedisServer,
+    prefix: String,
     broker: Option<RunningService>,
     gateway: Option<RunningService>,
     broker_url: String,
@@ -72,13 +73,15 @@ impl Harness {
             .unwrap();
         let broker_url = format!("http://{}", broker.grpc_addr.unwrap());
         config.gateway.broker_endpoint = broker_url.clone();
+        let prefix = config.redis.key_prefix.clone();
         let gateway = start_in_process(ServiceKind::Gateway, config, tta_gateway::build)
             .await
             .unwrap();
         let gateway_url = format!("http://{}", gateway.grpc_addr.unwrap());
         let client = OrchestratorClient::connect(gateway_url).await.unwrap();
         let harness = Self {
-            _redis: redis,
+            redis,
+            prefix,
             broker: Some(broker),
             gateway: Some(gateway),
             broker_url,
@@ -113,9 +116,66 @@ impl Harness {
         delay: impl Fn(&pb::AgentTask) -> Duration + Send + Sync + 'static,
         script: impl Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync + 'static,
     ) {
+        self.instance(agent_type, "scripted", delay, script);
+    }
+
+    /// Runs a scripted instance that also consumes its own topic and is listed in the agent
+    /// registry with `capabilities`, as a worker with those capabilities would be.
+    async fn capable_agent(
+        &self,
+        agent_type: &str,
+        instance: &str,
+        capabilities: &[&str],
+        script: impl Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync + 'static,
+    ) {
+        let direct = tta_runtime::agents::direct_topic(agent_type, instance);
+        let worker = self.instance(agent_type, instance, |_| Duration::ZERO, script);
+        let publisher = Publisher::connect_lazy(&self.broker_url).unwrap();
+        tokio::spawn(messaging::consume(
+            publisher,
+            Subscription {
+                topic: direct.clone(),
+                group: agent_type.to_owned(),
+                consumer: instance.to_owned(),
+                prefetch: 16,
+                visibility_timeout: None,
+            },
+            worker.handler(),
+            self.shutdown.clone(),
+        ));
+        let info = pb::AgentInfo {
+            id: Some(pb::AgentId {
+                agent_type: agent_type.to_owned(),
+                instance: instance.to_owned(),
+            }),
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            topic: format!("agent.{agent_type}"),
+            status: pb::AgentStatus::Ready as i32,
+            labels: [(tta_runtime::agents::DIRECT_TOPIC_LABEL.to_owned(), direct)].into(),
+            ..Default::default()
+        };
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        tta_runtime::agents::put(
+            &mut connection,
+            &tta_runtime::redis::Keyspace::new(&self.prefix),
+            &info,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    }
+
+    fn instance(
+        &self,
+        agent_type: &str,
+        instance: &str,
+        delay: impl Fn(&pb::AgentTask) -> Duration + Send + Sync + 'static,
+        script: impl Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync + 'static,
+    ) -> Arc<Worker> {
         let publisher = Publisher::connect_lazy(&self.broker_url).unwrap();
         let worker = Arc::new(Worker {
-            agent: AgentId::new(agent_type.parse::<AgentType>().unwrap(), "scripted").unwrap(),
+            agent: AgentId::new(agent_type.parse::<AgentType>().unwrap(), instance).unwrap(),
             publisher: publisher.clone(),
             runner: Arc::new(Scripted {
                 script: Arc::new(script),
@@ -129,13 +189,14 @@ impl Harness {
             Subscription {
                 topic: format!("agent.{agent_type}"),
                 group: agent_type.to_owned(),
-                consumer: "scripted".to_owned(),
+                consumer: instance.to_owned(),
                 prefetch: 16,
                 visibility_timeout: None,
             },
-            worker.handler(),
+            worker.clone().handler(),
             self.shutdown.clone(),
         ));
+        worker
     }
 
     fn steps_run(&self, step: &str) -> Vec<(Instant, Instant)> {
@@ -755,5 +816,81 @@ async fn turns_are_routed_by_interaction_type_and_stream_their_progress() {
         })
         .collect();
     assert_eq!(runs.get("reflection/ok"), Some(&1), "{runs:?}");
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_step_needing_a_capability_goes_only_to_instances_that_have_it() {
+    let mut harness = Harness::start().await;
+    for (instance, capability) in [("p-water", "watercolor"), ("p-oil", "oil")] {
+        harness
+            .capable_agent("painter", instance, &["painter", capability], move |_| {
+                Ok(narrative(&format!("Painted by {instance}.")))
+            })
+            .await;
+    }
+    harness
+        .register(workflow(
+            "watercolor-scene",
+            vec![pb::WorkflowStep {
+                required_capabilities: vec!["watercolor".to_owned()],
+                ..step("paint", "painter", &[])
+            }],
+        ))
+        .await;
+    for turn in 0..6 {
+        let response = harness
+            .turn(
+                &format!("s-paint-{turn}"),
+                "watercolor-scene",
+                "paint the harbour",
+            )
+            .await;
+        assert_eq!(response.text, "Painted by p-water.", "{response:?}");
+        assert!(!response.degraded);
+    }
+
+    // Nobody advertises charcoal: the step fails at once and its fallback answers.
+    let fixed = prost_types::Struct {
+        fields: [(
+            "nga".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                    fields: [(
+                        "text".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(
+                                "A sketch will have to do.".to_owned(),
+                            )),
+                        },
+                    )]
+                    .into(),
+                })),
+            },
+        )]
+        .into(),
+    };
+    harness
+        .register(workflow(
+            "charcoal-scene",
+            vec![pb::WorkflowStep {
+                required_capabilities: vec!["charcoal".to_owned()],
+                fallback: Some(pb::workflow_step::Fallback::FallbackOutput(fixed)),
+                ..step("paint", "painter", &[])
+            }],
+        ))
+        .await;
+    let response = harness
+        .turn("s-charcoal", "charcoal-scene", "paint the harbour")
+        .await;
+    assert_eq!(response.text, "A sketch will have to do.");
+    assert!(
+        response
+            .degraded_reasons
+            .iter()
+            .any(|r| r.contains("no live painter agent advertises charcoal")),
+        "{:?}",
+        response.degraded_reasons
+    );
     harness.stop().await;
 }

@@ -12,6 +12,43 @@ use tta_proto::v1 as pb;
 
 use crate::redis::Keyspace;
 
+/// Label of an instance's record that names its own task topic.
+pub const DIRECT_TOPIC_LABEL: &str = "direct_topic";
+
+/// The topic only this instance consumes, for steps that need capabilities not every instance of
+/// the type has (`WorkflowStep.required_capabilities`): `agent.<type>.direct.<instance>`, with
+/// the characters topic names do not allow replaced by `.`.
+pub fn direct_topic(agent_type: &str, instance: &str) -> String {
+    let instance: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    format!("agent.{agent_type}.direct.{instance}")
+}
+
+/// Live instances of `agent_type` that are ready and advertise every one of `capabilities`,
+/// with the topic each one consumes alone.
+pub fn capable<'a>(
+    agents: &'a [pb::AgentInfo],
+    agent_type: &'a str,
+    capabilities: &'a [String],
+) -> impl Iterator<Item = (&'a pb::AgentInfo, &'a str)> + 'a {
+    agents.iter().filter_map(move |info| {
+        let id = info.id.as_ref()?;
+        let ready = info.status == pb::AgentStatus::Ready as i32
+            || info.status == pb::AgentStatus::Unspecified as i32;
+        let able = capabilities.iter().all(|c| info.capabilities.contains(c));
+        let topic = info.labels.get(DIRECT_TOPIC_LABEL)?;
+        (id.agent_type == agent_type && ready && able).then_some((info, topic.as_str()))
+    })
+}
+
 fn member(agent_type: &str, instance: &str) -> String {
     format!("{agent_type}:{instance}")
 }
@@ -116,4 +153,51 @@ pub async fn list<C: ConnectionLike>(
             .await?;
     }
     Ok(agents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_topics_use_only_characters_topics_allow() {
+        assert_eq!(
+            direct_topic("nga", "host-1:42"),
+            "agent.nga.direct.host-1.42"
+        );
+    }
+
+    #[test]
+    fn only_ready_instances_with_every_capability_and_a_direct_topic_are_capable() {
+        let info =
+            |instance: &str, caps: &[&str], status: pb::AgentStatus, direct: bool| pb::AgentInfo {
+                id: Some(pb::AgentId {
+                    agent_type: "painter".to_owned(),
+                    instance: instance.to_owned(),
+                }),
+                capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+                status: status as i32,
+                labels: if direct {
+                    [(
+                        DIRECT_TOPIC_LABEL.to_owned(),
+                        direct_topic("painter", instance),
+                    )]
+                    .into()
+                } else {
+                    Default::default()
+                },
+                ..Default::default()
+            };
+        let agents = vec![
+            info("a", &["oil", "watercolor"], pb::AgentStatus::Ready, true),
+            info("b", &["oil"], pb::AgentStatus::Ready, true),
+            info("c", &["watercolor"], pb::AgentStatus::Draining, true),
+            info("d", &["watercolor"], pb::AgentStatus::Ready, false),
+        ];
+        let wanted = vec!["watercolor".to_owned()];
+        let found: Vec<&str> = capable(&agents, "painter", &wanted)
+            .map(|(_, topic)| topic)
+            .collect();
+        assert_eq!(found, ["agent.painter.direct.a"]);
+    }
 }

@@ -309,6 +309,39 @@ async fn run_attempts(
             };
         }
         let budget = step.timeout.min(remaining);
+        // A step that needs capabilities goes to one instance that has them (R8.1), chosen
+        // afresh for each attempt so a retry can land on another one.
+        let topic = if step.required_capabilities.is_empty() {
+            crate::dispatch::task_topic(&step.agent_type)
+        } else {
+            match dispatcher
+                .capable_topic(&step.agent_type, &step.required_capabilities)
+                .await
+            {
+                Ok(Some(topic)) => topic,
+                Ok(None) => {
+                    return StepRun {
+                        outcome: pb::StepOutcome::Failed,
+                        output: None,
+                        attempts: attempt - 1,
+                        agent: None,
+                        error: format!(
+                            "no live {} agent advertises {}",
+                            step.agent_type,
+                            step.required_capabilities.join(", ")
+                        ),
+                    };
+                }
+                Err(err) => {
+                    last_error = format!("cannot read the agent registry: {err}");
+                    last_outcome = pb::StepOutcome::Failed;
+                    if attempt < attempts {
+                        tokio::time::sleep(backoff(step.retry_backoff, attempt)).await;
+                    }
+                    continue;
+                }
+            }
+        };
         input.events.step_started(step, attempt);
         let task = pb::AgentTask {
             task_id: format!("{}:{}", input.run_id, step.id),
@@ -327,7 +360,13 @@ async fn run_attempts(
             alternative: None,
         };
         match dispatcher
-            .run(task, budget, input.priority, input.resumed || attempt > 1)
+            .run_on(
+                topic,
+                task,
+                budget,
+                input.priority,
+                input.resumed || attempt > 1,
+            )
             .await
         {
             Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
