@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use tta_proto::v1 as pb;
 use tta_runtime::messaging::{Handler, Outgoing, Publisher, Settle};
 
-use crate::store::Store;
+use tta_types::config::CircuitBreakerConfig;
+
+use crate::{breaker::Breakers, store::Store};
 
 pub const TASK_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentTask";
 
@@ -39,16 +41,28 @@ pub struct Dispatcher {
     store: Store,
     reply_topic: String,
     waiters: Arc<Mutex<HashMap<String, oneshot::Sender<pb::AgentResult>>>>,
+    breakers: Arc<Breakers>,
 }
 
 impl Dispatcher {
-    pub fn new(publisher: Publisher, store: Store, reply_topic: String) -> Self {
+    pub fn new(
+        publisher: Publisher,
+        store: Store,
+        reply_topic: String,
+        breaker: CircuitBreakerConfig,
+    ) -> Self {
         Self {
             publisher,
             store,
             reply_topic,
             waiters: Arc::new(Mutex::new(HashMap::new())),
+            breakers: Arc::new(Breakers::new(breaker)),
         }
+    }
+
+    /// The circuit breakers of the agent types this gateway dispatches to.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
     pub fn reply_topic(&self) -> &str {

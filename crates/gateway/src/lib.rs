@@ -5,6 +5,7 @@
 //! endpoint, and `tta.v1.AgentRegistry` for agents that are not built-in workers.
 
 pub mod agent_registry;
+pub mod breaker;
 pub mod capacity;
 mod diagnostics;
 pub mod dispatch;
@@ -146,6 +147,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         publisher.clone(),
         store.clone(),
         format!("results.{instance}"),
+        config.gateway.circuit_breaker.clone(),
     );
     let results = Subscription {
         topic: dispatcher.reply_topic().to_owned(),

@@ -64,8 +64,13 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_adjusted(|_| {}).await
+    }
+
+    async fn start_adjusted(adjust: impl FnOnce(&mut tta_types::Config)) -> Self {
         let redis = RedisServer::start().unwrap();
         let mut config = test_config(&redis.url(), "workflows");
+        adjust(&mut config);
         config.broker.visibility_timeout = Duration::from_secs(2);
         config.gateway.turn_timeout = Duration::from_secs(8);
         let broker = start_in_process(ServiceKind::Broker, config.clone(), tta_broker::build)
@@ -891,6 +896,90 @@ async fn a_step_needing_a_capability_goes_only_to_instances_that_have_it() {
             .any(|r| r.contains("no live painter agent advertises charcoal")),
         "{:?}",
         response.degraded_reasons
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_type_that_keeps_timing_out_is_isolated_and_its_steps_fall_back_at_once() {
+    let mut harness = Harness::start_adjusted(|config| {
+        config.gateway.circuit_breaker.failure_threshold = 2;
+        config.gateway.circuit_breaker.open_for = Duration::from_secs(60);
+    })
+    .await;
+    // Takes every task and never answers in time.
+    harness.agent(
+        "sleepy",
+        |_| Duration::from_secs(30),
+        |_| Ok(custom("late", "yes")),
+    );
+    let fixed = prost_types::Struct {
+        fields: [(
+            "custom".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
+                    fields: [(
+                        "text".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(
+                                "The lighthouse keeper is resting.".to_owned(),
+                            )),
+                        },
+                    )]
+                    .into(),
+                })),
+            },
+        )]
+        .into(),
+    };
+    harness
+        .register(workflow(
+            "ask-the-keeper",
+            vec![pb::WorkflowStep {
+                timeout: ms(300),
+                fallback: Some(pb::workflow_step::Fallback::FallbackOutput(fixed)),
+                ..step("keeper", "sleepy", &[])
+            }],
+        ))
+        .await;
+    for turn in 0..2 {
+        let response = harness
+            .turn(&format!("s-keeper-{turn}"), "ask-the-keeper", "knock")
+            .await;
+        assert_eq!(response.text, "The lighthouse keeper is resting.");
+        assert!(
+            response
+                .degraded_reasons
+                .iter()
+                .any(|r| r.contains("no answer in time")),
+            "{:?}",
+            response.degraded_reasons
+        );
+    }
+    // Two timeouts in a row: the type is isolated, the next step is not even dispatched.
+    let isolated = harness.turn("s-keeper-2", "ask-the-keeper", "knock").await;
+    assert_eq!(isolated.text, "The lighthouse keeper is resting.");
+    assert!(
+        isolated
+            .degraded_reasons
+            .iter()
+            .any(|r| r.contains("isolated after repeated failures")),
+        "{:?}",
+        isolated.degraded_reasons
+    );
+    assert_eq!(
+        outcome_of(&isolated, "keeper"),
+        (pb::StepOutcome::Fallback as i32, 0)
+    );
+    let admin = harness.gateway.as_ref().unwrap().admin_addr;
+    let (_, metrics) = http_get(admin, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("tta_gateway_agent_circuit_state")
+                && line.contains("agent=\"sleepy\"")
+                && line.ends_with(" 2")),
+        "the gauge shows the open circuit"
     );
     harness.stop().await;
 }

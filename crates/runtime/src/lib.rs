@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod agents;
+pub mod breaker;
 pub mod config;
 pub mod grpc;
 pub mod hosts;

@@ -13,7 +13,6 @@
 //! per HTTP attempt, `tta_llm_fallbacks_total{agent,reason}` per task answered by the built-in
 //! engine, `tta_llm_circuit_state{agent}` (0 closed, 1 half-open, 2 open).
 
-pub mod breaker;
 pub mod client;
 pub mod ipa;
 pub mod nga;
@@ -29,8 +28,8 @@ use crate::{
     worker::{TaskError, TaskRunner},
 };
 
-pub use breaker::{CircuitBreaker, CircuitState};
 pub use client::{CallError, ChatClient};
+pub use tta_runtime::breaker::{BreakerName, CircuitBreaker, CircuitState};
 
 /// Left of a task's time for answering with the built-in engine after the model gave up.
 const FALLBACK_RESERVE: Duration = Duration::from_millis(100);
@@ -109,7 +108,10 @@ impl LlmRunner {
             screen,
             client: ChatClient::new(config, api_key, agent)?,
             breaker: CircuitBreaker::new(
-                agent,
+                BreakerName {
+                    gauge: "tta_llm_circuit_state",
+                    agent: agent.to_owned(),
+                },
                 config.circuit_breaker.failure_threshold,
                 config.circuit_breaker.open_for,
             ),

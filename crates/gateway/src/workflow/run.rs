@@ -342,6 +342,18 @@ async fn run_attempts(
                 }
             }
         };
+        let Some(permit) = dispatcher.breakers().admit(&step.agent_type) else {
+            return StepRun {
+                outcome: pb::StepOutcome::Failed,
+                output: None,
+                attempts: attempt - 1,
+                agent: None,
+                error: format!(
+                    "{} agents are isolated after repeated failures (circuit open)",
+                    step.agent_type
+                ),
+            };
+        };
         input.events.step_started(step, attempt);
         let task = pb::AgentTask {
             task_id: format!("{}:{}", input.run_id, step.id),
@@ -359,7 +371,7 @@ async fn run_attempts(
             reply_topic: String::new(),
             alternative: None,
         };
-        match dispatcher
+        let outcome = dispatcher
             .run_on(
                 topic,
                 task,
@@ -367,8 +379,13 @@ async fn run_attempts(
                 input.priority,
                 input.resumed || attempt > 1,
             )
-            .await
-        {
+            .await;
+        // Any answer shows the agent type is alive; silence or no way to reach it does not.
+        match &outcome {
+            Ok(_) => permit.succeeded(),
+            Err(_) => permit.failed(),
+        }
+        match outcome {
             Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
                 return StepRun {
                     outcome: pb::StepOutcome::Succeeded,

@@ -150,6 +150,9 @@ pub struct GatewayConfig {
     pub default_world: String,
     /// Player inputs kept per session and handed to the agents.
     pub history_window: usize,
+    /// Isolation of a failing agent type (R6.1): its steps stop being dispatched after repeated
+    /// timeouts or dispatch failures, and fall back at once until a probe succeeds.
+    pub circuit_breaker: CircuitBreakerConfig,
 }
 
 impl Default for GatewayConfig {
@@ -165,6 +168,10 @@ impl Default for GatewayConfig {
             workflows_file: None,
             default_world: "quiet-harbor".to_owned(),
             history_window: 20,
+            circuit_breaker: CircuitBreakerConfig {
+                failure_threshold: 5,
+                open_for: Duration::from_secs(10),
+            },
         }
     }
 }
@@ -471,9 +478,10 @@ impl Default for LlmConfig {
     }
 }
 
-/// Stops calling an endpoint that keeps failing: after `failure_threshold` failed calls in a
-/// row the breaker opens for `open_for` (every task goes straight to the built-in engine), then
-/// lets one probe call through and closes again if it succeeds.
+/// Stops calling something that keeps failing: after `failure_threshold` failed calls in a row
+/// the breaker opens for `open_for` (callers go straight to their fallback: the built-in engine
+/// for an LLM endpoint, the step's fallback for an agent type), then lets one probe call through
+/// and closes again if it succeeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CircuitBreakerConfig {

@@ -141,6 +141,17 @@ impl Config {
         );
 
         c.check(
+            self.gateway.circuit_breaker.failure_threshold >= 1,
+            "gateway.circuit_breaker.failure_threshold",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            !self.gateway.circuit_breaker.open_for.is_zero(),
+            "gateway.circuit_breaker.open_for",
+            || "must be greater than zero".to_owned(),
+        );
+
+        c.check(
             !self.broker.visibility_timeout.is_zero(),
             "broker.visibility_timeout",
             || "must be greater than zero".to_owned(),

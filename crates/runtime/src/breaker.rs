@@ -1,9 +1,10 @@
-//! A circuit breaker in front of the language model endpoint.
+//! A circuit breaker in front of something that fails slowly: a language model endpoint (in the
+//! agent workers) or an agent type (in the gateway, R6.1).
 //!
-//! An endpoint that is down costs every task its whole time budget before the built-in engine
+//! A dependency that is down costs every caller its whole time budget before the fallback
 //! answers. After `failure_threshold` failed calls in a row the breaker opens: for `open_for` no
-//! call is made and tasks go straight to the built-in engine. Then it is half-open: one call
-//! (the probe) goes through while the others still fall back; the probe's success closes the
+//! call is made and callers go straight to their fallback. Then it is half-open: one call (the
+//! probe) goes through while the others still fall back; the probe's success closes the
 //! breaker, its failure opens it for another `open_for`.
 //!
 //! The state machine takes the time as an argument, so it is tested without clocks.
@@ -13,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// The breaker's state as exported in `tta_llm_circuit_state`.
+/// The breaker's state as exported in its gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
     Closed,
@@ -39,15 +40,22 @@ enum State {
     HalfOpen { probing: bool },
 }
 
+/// Where a breaker reports its state: the gauge's name and the value of its `agent` label.
+#[derive(Debug, Clone)]
+pub struct BreakerName {
+    pub gauge: &'static str,
+    pub agent: String,
+}
+
 #[derive(Debug)]
 struct Inner {
     state: State,
     failure_threshold: u32,
     open_for: Duration,
-    agent: &'static str,
+    name: BreakerName,
 }
 
-/// One breaker per worker process and endpoint; cheap to clone.
+/// One breaker per protected dependency; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct CircuitBreaker {
     inner: Arc<Mutex<Inner>>,
@@ -86,14 +94,14 @@ impl Drop for Permit {
 }
 
 impl CircuitBreaker {
-    /// A closed breaker; `agent` labels its gauge.
-    pub fn new(agent: &'static str, failure_threshold: u32, open_for: Duration) -> CircuitBreaker {
+    /// A closed breaker reporting to `name`.
+    pub fn new(name: BreakerName, failure_threshold: u32, open_for: Duration) -> CircuitBreaker {
         let breaker = CircuitBreaker {
             inner: Arc::new(Mutex::new(Inner {
                 state: State::Closed { failures: 0 },
                 failure_threshold: failure_threshold.max(1),
                 open_for,
-                agent,
+                name,
             })),
         };
         breaker.publish(CircuitState::Closed);
@@ -114,8 +122,9 @@ impl CircuitBreaker {
                 inner.state = State::HalfOpen { probing: true };
                 drop(inner);
                 tracing::info!(
-                    agent = self.agent(),
-                    "llm circuit half-open; sending a probe"
+                    breaker = %self.name().gauge,
+                    agent = %self.name().agent,
+                    "circuit half-open; sending a probe"
                 );
                 self.publish(CircuitState::HalfOpen);
                 return Some(self.permit());
@@ -164,16 +173,19 @@ impl CircuitBreaker {
             },
         };
         let after = state_of(&inner.state);
-        let (agent, open_for) = (inner.agent, inner.open_for);
+        let (name, open_for) = (inner.name.clone(), inner.open_for);
         drop(inner);
         if before != after {
             match after {
                 CircuitState::Open => tracing::warn!(
-                    agent,
+                    breaker = name.gauge,
+                    agent = %name.agent,
                     open_for_ms = open_for.as_millis() as u64,
-                    "llm circuit open; the built-in engine answers meanwhile"
+                    "circuit open; callers fall back meanwhile"
                 ),
-                CircuitState::Closed => tracing::info!(agent, "llm circuit closed"),
+                CircuitState::Closed => {
+                    tracing::info!(breaker = name.gauge, agent = %name.agent, "circuit closed")
+                }
                 CircuitState::HalfOpen => {}
             }
             self.publish(after);
@@ -181,11 +193,12 @@ impl CircuitBreaker {
     }
 
     fn publish(&self, state: CircuitState) {
-        metrics::gauge!("tta_llm_circuit_state", "agent" => self.agent()).set(state.gauge());
+        let name = self.name();
+        metrics::gauge!(name.gauge, "agent" => name.agent).set(state.gauge());
     }
 
-    fn agent(&self) -> &'static str {
-        self.lock().agent
+    fn name(&self) -> BreakerName {
+        self.lock().name.clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -211,6 +224,13 @@ mod tests {
 
     const OPEN_FOR: Duration = Duration::from_secs(30);
 
+    fn name() -> BreakerName {
+        BreakerName {
+            gauge: "test_circuit_state",
+            agent: "test".to_owned(),
+        }
+    }
+
     fn fail(breaker: &CircuitBreaker, now: Instant) {
         breaker
             .try_acquire_at(now)
@@ -220,7 +240,7 @@ mod tests {
 
     #[test]
     fn opens_after_the_threshold_of_consecutive_failures() {
-        let breaker = CircuitBreaker::new("test", 3, OPEN_FOR);
+        let breaker = CircuitBreaker::new(name(), 3, OPEN_FOR);
         let t0 = Instant::now();
         fail(&breaker, t0);
         fail(&breaker, t0);
@@ -232,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_count() {
-        let breaker = CircuitBreaker::new("test", 2, OPEN_FOR);
+        let breaker = CircuitBreaker::new(name(), 2, OPEN_FOR);
         let t0 = Instant::now();
         fail(&breaker, t0);
         breaker.try_acquire_at(t0).unwrap().finish(true, t0);
@@ -242,7 +262,7 @@ mod tests {
 
     #[test]
     fn half_open_lets_exactly_one_probe_through() {
-        let breaker = CircuitBreaker::new("test", 1, OPEN_FOR);
+        let breaker = CircuitBreaker::new(name(), 1, OPEN_FOR);
         let t0 = Instant::now();
         fail(&breaker, t0);
         let later = t0 + OPEN_FOR;
@@ -259,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_for_another_period() {
-        let breaker = CircuitBreaker::new("test", 1, OPEN_FOR);
+        let breaker = CircuitBreaker::new(name(), 1, OPEN_FOR);
         let t0 = Instant::now();
         fail(&breaker, t0);
         let later = t0 + OPEN_FOR;
@@ -271,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_dropped_probe_counts_as_a_failure() {
-        let breaker = CircuitBreaker::new("test", 1, OPEN_FOR);
+        let breaker = CircuitBreaker::new(name(), 1, OPEN_FOR);
         fail(&breaker, Instant::now());
         let probe = breaker.try_acquire_at(Instant::now() + OPEN_FOR);
         assert!(probe.is_some());

@@ -1,0 +1,54 @@
+//! Isolation of a failing agent type (R6.1): when its steps keep timing out or cannot be
+//! dispatched, waiting out every step's timeout would make each turn slow for nothing. Each
+//! agent type gets a circuit breaker (`tta_runtime::breaker`): after
+//! `gateway.circuit_breaker.failure_threshold` such failures in a row its steps go straight to
+//! their fallbacks for `open_for`, then one step probes whether it recovered. A step the agent
+//! answered — even with a permanent failure — shows the agent is alive.
+//!
+//! The state is per gateway replica: each replica learns on its own traffic.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use tta_runtime::breaker::{BreakerName, CircuitBreaker, Permit};
+use tta_types::config::CircuitBreakerConfig;
+
+#[derive(Debug)]
+pub struct Breakers {
+    config: CircuitBreakerConfig,
+    by_agent: Mutex<HashMap<String, CircuitBreaker>>,
+}
+
+impl Breakers {
+    pub fn new(config: CircuitBreakerConfig) -> Self {
+        Self {
+            config,
+            by_agent: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn breaker(&self, agent_type: &str) -> CircuitBreaker {
+        let mut by_agent = self
+            .by_agent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        by_agent
+            .entry(agent_type.to_owned())
+            .or_insert_with(|| {
+                CircuitBreaker::new(
+                    BreakerName {
+                        gauge: "tta_gateway_agent_circuit_state",
+                        agent: agent_type.to_owned(),
+                    },
+                    self.config.failure_threshold,
+                    self.config.open_for,
+                )
+            })
+            .clone()
+    }
+
+    /// Permission to dispatch a step of `agent_type`, or `None` while it is isolated. Report
+    /// the outcome on the permit: `succeeded` when the agent answered, `failed` when it did not.
+    pub fn admit(&self, agent_type: &str) -> Option<Permit> {
+        self.breaker(agent_type).try_acquire()
+    }
+}
