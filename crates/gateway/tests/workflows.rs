@@ -843,7 +843,9 @@ async fn a_step_needing_a_capability_goes_only_to_instances_that_have_it() {
             }],
         ))
         .await;
-    for turn in 0..6 {
+    // Both painters also consume the shared `agent.painter` topic: were the step sent there,
+    // p-oil would take about half of these (a chance of 2^-12 to miss it).
+    for turn in 0..12 {
         let response = harness
             .turn(
                 &format!("s-paint-{turn}"),
