@@ -2,7 +2,8 @@
 //! It runs each player turn as a workflow of agent steps through the broker, keeps sessions and
 //! run records in Redis, serves `tta.v1.Safety` (classification, rule reloads, escalations),
 //! sheds work when every host is critical (`capacity`), and serves the JSON `/diagnostics`
-//! endpoint, and `tta.v1.AgentRegistry` for agents that are not built-in workers.
+//! endpoint, and `tta.v1.AgentRegistry` for agents that are not built-in workers; turns are
+//! also served over a WebSocket (`GET /ws` on the admin port, `websocket`).
 
 pub mod agent_registry;
 pub mod breaker;
@@ -19,6 +20,7 @@ pub mod store;
 mod tool_diagnostics;
 pub mod turn;
 pub mod webhook;
+pub mod websocket;
 pub mod workflow;
 
 use std::{sync::Arc, time::Duration};
@@ -172,13 +174,26 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     let service = orchestrator::OrchestratorService::new(config.clone(), turns, capacity.clone());
 
     let grpc = GrpcServer::new(context.kind.name())
-        .add_service(OrchestratorServer::new(service))
+        .add_service(OrchestratorServer::new(service.clone()))
         .add_service(SafetyServer::new(safety))
         .add_service(AgentRegistryServer::new(agents));
-    let mut parts = ServiceParts::default().with_grpc(grpc);
+    let websocket = websocket::Endpoint::new(
+        service.clone(),
+        config.gateway.websocket.clone(),
+        context.shutdown.clone(),
+    );
+    let connections = websocket.connections();
+    let mut admin = websocket.routes;
     if config.diagnostics.enabled {
-        parts = parts.with_admin_routes(diagnostics::routes(&context, registry, capacity));
+        admin = admin.merge(diagnostics::routes(&context, registry, capacity));
     }
+    let mut parts = ServiceParts::default()
+        .with_grpc(grpc)
+        .with_admin_routes(admin)
+        .with_task(
+            "websocket",
+            websocket::Endpoint::drain(connections, context.shutdown.clone()).map(Ok),
+        );
     let shutdown = context.shutdown.clone();
     parts = parts.with_task("capacity", poller.run(shutdown.clone()).map(Ok));
     let handler = dispatcher.result_handler();

@@ -1,9 +1,14 @@
 //! `tta.v1.Orchestrator` over gRPC: validates requests at the edge (INVALID_ARGUMENT names the
 //! field) and runs turns through the [`TurnRunner`].
 
-use std::{pin::Pin, sync::Arc, time::SystemTime};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tta_proto::v1::{self as pb, orchestrator_server::Orchestrator};
 use tta_types::{
@@ -40,7 +45,7 @@ impl OrchestratorService {
 
     /// Validates a turn and admits it under the current capacity pressure. A turn that already
     /// finished is always admitted: answering it from its run record costs the hosts nothing.
-    async fn accept(&self, request: pb::ProcessUserInputRequest) -> Result<TurnRequest, Status> {
+    async fn accept(&self, request: pb::ProcessUserInputRequest) -> Result<TurnRequest, Error> {
         let priority: Priority = priority_from_proto("priority", request.priority)?;
         let turn = self.validate_turn(request)?;
         if let Err(shed) = self.capacity.admit(priority) {
@@ -52,10 +57,75 @@ impl OrchestratorService {
                 .is_some();
             if !finished {
                 tracing::info!(session = %turn.session_id, turn = %turn.turn_id, priority = %priority, "turn shed");
-                return Err(shed.into());
+                return Err(shed);
             }
         }
         Ok(turn)
+    }
+
+    /// Validates, admits and starts a turn whose progress streams back as `TurnEvent`s: the one
+    /// path of `StreamTurn` and the WebSocket endpoint. The turn runs on its own task, so a
+    /// client that hangs up does not cancel it. A `resumable` turn first keeps its request in
+    /// its run record, so [`OrchestratorService::resume_turn`] can run it again by its ids.
+    pub async fn start_turn(
+        &self,
+        request: pb::ProcessUserInputRequest,
+        resumable: bool,
+    ) -> Result<StartedTurn, Error> {
+        let kept = resumable.then(|| request.clone());
+        let turn = self.accept(request).await?;
+        let turn_id = turn.turn_id.to_string();
+        let kept = kept.map(|mut request| {
+            // The ids as validated: a generated turn id is the one to resume by.
+            request.session_id = turn.session_id.to_string();
+            request.turn_id = turn_id.clone();
+            request
+        });
+        let (sink, receiver) = EventSink::channel();
+        let runner = self.turns.clone();
+        tokio::spawn(async move {
+            if let Some(request) = kept {
+                if let Err(err) = runner.store().remember_request(&request).await {
+                    // Only a later resume by ids needs it; the turn itself can still run.
+                    tracing::warn!(session = %request.session_id, turn = %request.turn_id, error = %err, "cannot keep the request of a resumable turn");
+                }
+            }
+            match runner.run(turn, &sink).await {
+                Ok(response) => sink.completed(&response),
+                Err(err) => sink.failed(&tonic::Status::from(err)),
+            }
+        });
+        Ok(StartedTurn {
+            events: events::stream(turn_id.clone(), receiver),
+            turn_id,
+        })
+    }
+
+    /// A turn asked for again by its ids only (a client that lost its connection): the stored
+    /// request runs again, which — runs being idempotent by `turn_id` — waits for an attempt
+    /// still in flight, finishes one a crashed gateway left, or replays the one result. A turn
+    /// that finished without a stored request (it came over gRPC) is replayed from its record.
+    pub async fn resume_turn(&self, session_id: &str, turn_id: &str) -> Result<StartedTurn, Error> {
+        let session = SessionId::parse_field("session_id", session_id)?;
+        let turn = TurnId::parse_field("turn_id", turn_id)?;
+        let store = self.turns.store();
+        if let Some(request) = store.request(session.as_str(), turn.as_str()).await? {
+            return self.start_turn(request, false).await;
+        }
+        let Some(mut done) = store.response(session.as_str(), turn.as_str()).await? else {
+            return Err(Error::NotFound(format!(
+                "turn_id: no turn {turn} in session {session}"
+            )));
+        };
+        done.replayed = true;
+        let (sink, receiver) = EventSink::channel();
+        sink.accepted(crate::turn::accepted_of(&done, Duration::ZERO));
+        sink.narrative(&done.text);
+        sink.completed(&done);
+        Ok(StartedTurn {
+            events: events::stream(turn.to_string(), receiver),
+            turn_id: turn.to_string(),
+        })
     }
 
     fn validate_turn(
@@ -136,6 +206,14 @@ fn check_world_id(world_id: &str) -> Result<(), FieldViolation> {
 
 type TurnEventStream = Pin<Box<dyn Stream<Item = Result<pb::TurnEvent, Status>> + Send>>;
 
+/// A turn under way: its id (generated when the request had none) and its progress, ending
+/// with exactly one `completed` or `failed` event.
+#[derive(Debug)]
+pub struct StartedTurn {
+    pub turn_id: String,
+    pub events: ReceiverStream<Result<pb::TurnEvent, Status>>,
+}
+
 impl OrchestratorService {
     /// Steps naming an agent type no live worker serves (R8.1: such a step falls back at run
     /// time). Informational: an unreadable registry yields no warnings, not an error.
@@ -187,18 +265,8 @@ impl Orchestrator for OrchestratorService {
         &self,
         request: Request<pb::ProcessUserInputRequest>,
     ) -> Result<Response<Self::StreamTurnStream>, Status> {
-        let turn = self.accept(request.into_inner()).await?;
-        let turn_id = turn.turn_id.to_string();
-        let (sink, receiver) = EventSink::channel();
-        let runner = self.turns.clone();
-        // The turn runs on its own task: a client that hangs up does not cancel it.
-        tokio::spawn(async move {
-            match runner.run(turn, &sink).await {
-                Ok(response) => sink.completed(&response),
-                Err(err) => sink.failed(&tonic::Status::from(err)),
-            }
-        });
-        Ok(Response::new(Box::pin(events::stream(turn_id, receiver))))
+        let started = self.start_turn(request.into_inner(), false).await?;
+        Ok(Response::new(Box::pin(started.events)))
     }
 
     async fn get_turn(

@@ -18,6 +18,8 @@ const RUN_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const RESPONSE_FIELD: &str = "response";
 /// Field of a run hash that names the workflow version the turn runs (`name@version`).
 const WORKFLOW_FIELD: &str = "workflow";
+/// Field of a run hash that holds the request of a resumable turn (see [`Store::remember_request`]).
+const REQUEST_FIELD: &str = "request";
 
 /// Who holds a session's turn lock: `<replica>/<incarnation>/<turn>`. The incarnation is new
 /// for every process start, so a restarted replica recognises its own dead predecessor's locks.
@@ -258,6 +260,41 @@ impl Store {
         let mut command = redis::cmd("HGET");
         command.arg(self.run_key(session, turn)).arg(RESPONSE_FIELD);
         self.fetch(command, &format!("turn {turn}")).await
+    }
+
+    /// Keeps a turn's request in its run record (the first one stored wins), so a client that
+    /// knows only the session and turn ids — a WebSocket client that reconnected, possibly to
+    /// a restarted gateway — can run it again and get the one result.
+    pub async fn remember_request(
+        &self,
+        request: &pb::ProcessUserInputRequest,
+    ) -> Result<(), Error> {
+        let key = self.run_key(&request.session_id, &request.turn_id);
+        let _: () = redis::pipe()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg(REQUEST_FIELD)
+            .arg(request.encode_to_vec())
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(RUN_RETENTION.as_millis() as u64)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(())
+    }
+
+    /// The request [`Store::remember_request`] kept for a turn.
+    pub async fn request(
+        &self,
+        session: &str,
+        turn: &str,
+    ) -> Result<Option<pb::ProcessUserInputRequest>, Error> {
+        let mut command = redis::cmd("HGET");
+        command.arg(self.run_key(session, turn)).arg(REQUEST_FIELD);
+        self.fetch(command, &format!("request of turn {turn}"))
+            .await
     }
 
     /// Records which workflow version the turn runs, unless an earlier attempt already did;

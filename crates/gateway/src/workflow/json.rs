@@ -18,6 +18,19 @@ fn from_json<M: prost::Message + Default>(
     dynamic.transcode_to::<M>().map_err(|err| err.to_string())
 }
 
+/// The proto3 JSON form of a message `M` named `name` (lowerCamelCase fields, enums by name,
+/// defaults left out), as other clients of the contract read it; the WebSocket endpoint sends
+/// `TurnEvent`s this way.
+pub(crate) fn to_json<M: prost::Message>(
+    name: &str,
+    message: &M,
+) -> Result<serde_json::Value, String> {
+    let descriptor = message_descriptor(name)?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .map_err(|err| err.to_string())?;
+    serde_json::to_value(&dynamic).map_err(|err| err.to_string())
+}
+
 /// A `google.protobuf.Struct` as plain JSON.
 pub fn struct_to_json(value: &prost_types::Struct) -> serde_json::Value {
     serde_json::Value::Object(

@@ -153,6 +153,8 @@ pub struct GatewayConfig {
     /// Isolation of a failing agent type (R6.1): its steps stop being dispatched after repeated
     /// timeouts or dispatch failures, and fall back at once until a probe succeeds.
     pub circuit_breaker: CircuitBreakerConfig,
+    /// `GET /ws` on the admin port: turns over a WebSocket (R7.5).
+    pub websocket: WebSocketConfig,
 }
 
 impl Default for GatewayConfig {
@@ -172,6 +174,35 @@ impl Default for GatewayConfig {
                 failure_threshold: 5,
                 open_for: Duration::from_secs(10),
             },
+            websocket: WebSocketConfig::default(),
+        }
+    }
+}
+
+/// Limits of the gateway's WebSocket endpoint. The server pings every `ping_interval`; a
+/// connection from which nothing arrives for `idle_timeout` — not even the answer to a ping —
+/// is dead and closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// Turns one connection may have running at once; one more gets a `resource_exhausted`
+    /// error frame.
+    pub max_in_flight: usize,
+    /// Largest message a client may send; a bigger one closes the connection (1009).
+    pub max_message_bytes: ByteSize,
+    #[serde(with = "duration")]
+    pub ping_interval: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 8,
+            max_message_bytes: ByteSize(64 * 1024),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
         }
     }
 }

@@ -150,6 +150,27 @@ impl Config {
             "gateway.circuit_breaker.open_for",
             || "must be greater than zero".to_owned(),
         );
+        let websocket = &self.gateway.websocket;
+        c.check(
+            websocket.max_in_flight >= 1,
+            "gateway.websocket.max_in_flight",
+            || "must be at least 1".to_owned(),
+        );
+        c.check(
+            websocket.max_message_bytes.bytes() >= 1024,
+            "gateway.websocket.max_message_bytes",
+            || "must be at least 1KiB (a turn message with its text)".to_owned(),
+        );
+        c.check(
+            !websocket.ping_interval.is_zero(),
+            "gateway.websocket.ping_interval",
+            || "must be greater than zero".to_owned(),
+        );
+        c.check(
+            websocket.idle_timeout > websocket.ping_interval,
+            "gateway.websocket.idle_timeout",
+            || "must be longer than gateway.websocket.ping_interval, or live clients are cut off between pings".to_owned(),
+        );
 
         c.check(
             !self.broker.visibility_timeout.is_zero(),
@@ -422,6 +443,7 @@ impl Config {
 mod tests {
 
     use super::*;
+    use crate::config::ByteSize;
 
     fn issue_paths(config: &Config) -> Vec<String> {
         match config.validate() {
@@ -519,6 +541,22 @@ mod tests {
                 "agents.llm.api_key_env",
                 "agents.llm.temperature",
                 "agents.llm.circuit_breaker.failure_threshold"
+            ]
+        );
+    }
+
+    #[test]
+    fn websocket_limits_must_leave_room_for_pings_and_turns() {
+        let mut config = Config::default();
+        config.gateway.websocket.max_in_flight = 0;
+        config.gateway.websocket.max_message_bytes = ByteSize(10);
+        config.gateway.websocket.idle_timeout = config.gateway.websocket.ping_interval;
+        assert_eq!(
+            issue_paths(&config),
+            [
+                "gateway.websocket.max_in_flight",
+                "gateway.websocket.max_message_bytes",
+                "gateway.websocket.idle_timeout"
             ]
         );
     }

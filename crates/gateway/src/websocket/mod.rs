@@ -1,0 +1,77 @@
+//! `GET /ws` on the admin port: turns over a WebSocket, for browsers and other clients that
+//! cannot speak gRPC (R7.5). Text frames carry JSON ([`protocol`]); each connection is served
+//! by [`connection`]. A turn takes exactly the path of `StreamTurn`
+//! ([`OrchestratorService::start_turn`]), and because runs are durable and idempotent by
+//! `turn_id`, a client whose connection dropped — or whose gateway restarted — reconnects and
+//! resumes the turn by its ids to get the one result.
+
+mod connection;
+pub mod protocol;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{State, WebSocketUpgrade},
+    response::Response,
+    routing::get,
+};
+use tokio_util::task::TaskTracker;
+use tta_runtime::Shutdown;
+use tta_types::config::WebSocketConfig;
+
+use crate::orchestrator::OrchestratorService;
+
+/// What every connection of this gateway shares.
+#[derive(Debug, Clone)]
+struct Shared {
+    service: OrchestratorService,
+    limits: Arc<WebSocketConfig>,
+    shutdown: Shutdown,
+    connections: TaskTracker,
+}
+
+/// The route, and the task that lets open connections say goodbye when the gateway stops.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub routes: Router,
+    connections: TaskTracker,
+}
+
+impl Endpoint {
+    pub fn new(service: OrchestratorService, limits: WebSocketConfig, shutdown: Shutdown) -> Self {
+        let connections = TaskTracker::new();
+        let routes = Router::new().route("/ws", get(upgrade)).with_state(Shared {
+            service,
+            limits: Arc::new(limits),
+            shutdown,
+            connections: connections.clone(),
+        });
+        Self {
+            routes,
+            connections,
+        }
+    }
+
+    /// Waits, once `shutdown` trips, until every connection has sent its close frame (the
+    /// process drain bounds how long); the admin server does not track upgraded connections.
+    pub async fn drain(connections: TaskTracker, shutdown: Shutdown) {
+        shutdown.wait().await;
+        connections.close();
+        connections.wait().await;
+    }
+
+    pub fn connections(&self) -> TaskTracker {
+        self.connections.clone()
+    }
+}
+
+async fn upgrade(State(shared): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
+    let limit = usize::try_from(shared.limits.max_message_bytes.bytes()).unwrap_or(usize::MAX);
+    let connections = shared.connections.clone();
+    upgrade
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_failed_upgrade(|err| tracing::debug!(error = %err, "websocket upgrade failed"))
+        .on_upgrade(move |socket| connections.track_future(connection::serve(socket, shared)))
+}
