@@ -84,11 +84,11 @@ impl OrchestratorService {
         let (sink, receiver) = EventSink::channel();
         let runner = self.turns.clone();
         tokio::spawn(async move {
-            if let Some(request) = kept {
-                if let Err(err) = runner.store().remember_request(&request).await {
-                    // Only a later resume by ids needs it; the turn itself can still run.
-                    tracing::warn!(session = %request.session_id, turn = %request.turn_id, error = %err, "cannot keep the request of a resumable turn");
-                }
+            if let Some(request) = kept
+                && let Err(err) = runner.store().remember_request(&request).await
+            {
+                // Only a later resume by ids needs it; the turn itself can still run.
+                tracing::warn!(session = %request.session_id, turn = %request.turn_id, error = %err, "cannot keep the request of a resumable turn");
             }
             match runner.run(turn, &sink).await {
                 Ok(response) => sink.completed(&response),

@@ -5,7 +5,7 @@
 //! in-flight limit holds, and a stopping gateway says goodbye.
 
 // Helpers outside #[test] functions unwrap too: in a test a panic is a failed assertion.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     collections::HashMap,
