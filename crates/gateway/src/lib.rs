@@ -182,18 +182,14 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         config.gateway.websocket.clone(),
         context.shutdown.clone(),
     );
-    let connections = websocket.connections();
-    let mut admin = websocket.routes;
+    let mut admin = websocket.routes();
     if config.diagnostics.enabled {
         admin = admin.merge(diagnostics::routes(&context, registry, capacity));
     }
     let mut parts = ServiceParts::default()
         .with_grpc(grpc)
         .with_admin_routes(admin)
-        .with_task(
-            "websocket",
-            websocket::Endpoint::drain(connections, context.shutdown.clone()).map(Ok),
-        );
+        .with_task("websocket", websocket.drain().map(Ok));
     let shutdown = context.shutdown.clone();
     parts = parts.with_task("capacity", poller.run(shutdown.clone()).map(Ok));
     let handler = dispatcher.result_handler();

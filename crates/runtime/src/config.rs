@@ -317,6 +317,23 @@ mod tests {
     }
 
     #[test]
+    fn websocket_limits_take_environment_overrides_with_units() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TTA_GATEWAY__WEBSOCKET__MAX_IN_FLIGHT", "3");
+            jail.set_env("TTA_GATEWAY__WEBSOCKET__MAX_MESSAGE_BYTES", "128KiB");
+            jail.set_env("TTA_GATEWAY__WEBSOCKET__PING_INTERVAL", "5s");
+            let config = load_from(None, Env::prefixed(ENV_PREFIX), |_| {})
+                .map_err(|err| err.to_string())?;
+            let websocket = &config.gateway.websocket;
+            assert_eq!(websocket.max_in_flight, 3);
+            assert_eq!(websocket.max_message_bytes.bytes(), 128 * 1024);
+            assert_eq!(websocket.ping_interval, Duration::from_secs(5));
+            assert_eq!(websocket.idle_timeout, Duration::from_secs(45));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_mistyped_environment_variable_names_the_variable() {
         Jail::expect_with(|jail| {
             jail.set_env("TTA_BROKR__MAX_TOPIC_DEPTH", "20");

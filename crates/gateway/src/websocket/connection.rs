@@ -3,7 +3,7 @@
 //! and closes the connection when it goes silent, and says goodbye (1001) when the gateway
 //! stops. A bad message gets an error frame; the connection stays open.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
 use futures::StreamExt;
@@ -23,6 +23,8 @@ use crate::orchestrator::OrchestratorService;
 
 /// Frames the turn tasks of one connection may queue before they wait for the socket.
 const OUTBOX: usize = 64;
+/// How long the goodbye may take to write before the connection is dropped without it.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Counts open connections on the gauge for as long as it lives.
 struct Open;
@@ -115,8 +117,8 @@ pub(super) async fn serve(mut socket: WebSocket, shared: Shared) {
             code,
             reason: reason.into(),
         }));
-        // Best effort: a client that is already gone cannot be told.
-        let _ = socket.send(close).await;
+        // Best effort, and bounded: a client that is already gone cannot be told.
+        let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(close)).await;
     }
     tracing::debug!("websocket connection closed");
 }

@@ -34,8 +34,9 @@ struct Shared {
 /// The route, and the task that lets open connections say goodbye when the gateway stops.
 #[derive(Debug)]
 pub struct Endpoint {
-    pub routes: Router,
+    routes: Router,
     connections: TaskTracker,
+    shutdown: Shutdown,
 }
 
 impl Endpoint {
@@ -44,25 +45,32 @@ impl Endpoint {
         let routes = Router::new().route("/ws", get(upgrade)).with_state(Shared {
             service,
             limits: Arc::new(limits),
-            shutdown,
+            shutdown: shutdown.clone(),
             connections: connections.clone(),
         });
         Self {
             routes,
             connections,
+            shutdown,
         }
     }
 
-    /// Waits, once `shutdown` trips, until every connection has sent its close frame (the
-    /// process drain bounds how long); the admin server does not track upgraded connections.
-    pub async fn drain(connections: TaskTracker, shutdown: Shutdown) {
-        shutdown.wait().await;
-        connections.close();
-        connections.wait().await;
+    /// `GET /ws`, to merge into the admin router.
+    pub fn routes(&self) -> Router {
+        self.routes.clone()
     }
 
-    pub fn connections(&self) -> TaskTracker {
-        self.connections.clone()
+    /// Completes, once shutdown has tripped, when every connection has sent its close frame
+    /// (the process drain bounds how long). Run as a service task: the admin server does not
+    /// track upgraded connections, so without it the process could exit mid-goodbye.
+    pub fn drain(&self) -> impl Future<Output = ()> + Send + 'static {
+        let connections = self.connections.clone();
+        let shutdown = self.shutdown.clone();
+        async move {
+            shutdown.wait().await;
+            connections.close();
+            connections.wait().await;
+        }
     }
 }
 
