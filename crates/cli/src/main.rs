@@ -7,6 +7,7 @@ mod bench;
 mod broker_admin;
 mod health;
 mod play;
+mod play_ws;
 mod safety;
 mod tools;
 
@@ -45,7 +46,7 @@ enum Command {
         #[command(flatten)]
         args: play::TurnArgs,
     },
-    /// Play interactively against a running stack.
+    /// Play interactively against a running stack (over gRPC, or the WebSocket with --ws).
     Play {
         #[command(flatten)]
         target: play::GatewayTarget,

@@ -42,6 +42,11 @@ pub struct PlayArgs {
     /// Session to play in (default: a new one).
     #[arg(long)]
     session: Option<String>,
+    /// Play over the gateway's WebSocket endpoint instead of gRPC, seeing the narrative as it
+    /// streams and resuming a turn after a dropped connection; default URL:
+    /// `ws://<gateway.listen.admin>/ws` from the configuration.
+    #[arg(long, value_name = "URL")]
+    ws: Option<Option<String>>,
 }
 
 async fn client(
@@ -119,13 +124,26 @@ pub async fn turn(config: ConfigArgs, target: GatewayTarget, args: TurnArgs) -> 
 }
 
 pub async fn play(config: ConfigArgs, target: GatewayTarget, args: PlayArgs) -> ExitCode {
+    let session = args
+        .session
+        .unwrap_or_else(|| tta_types::SessionId::generate().to_string());
+    if let Some(url) = args.ws {
+        let url = match url {
+            Some(url) => url,
+            None => match tta_runtime::config::load(&config, |_| {}) {
+                Ok(config) => format!("ws://{}/ws", config.gateway.listen.admin),
+                Err(err) => {
+                    eprintln!("tta: {err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+        };
+        return crate::play_ws::play(url, target.user, session).await;
+    }
     let mut client = match client(&config, &target).await {
         Ok(client) => client,
         Err(code) => return code,
     };
-    let session = args
-        .session
-        .unwrap_or_else(|| tta_types::SessionId::generate().to_string());
     println!(
         "session {session} — type what you do; `quit` or an empty line on end of input leaves"
     );

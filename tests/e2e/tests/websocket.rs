@@ -152,3 +152,55 @@ async fn a_turn_resumed_over_a_new_socket_after_a_gateway_restart_is_applied_onc
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tta_play_over_the_websocket_prints_each_reply_and_keeps_the_session() -> anyhow::Result<()>
+{
+    use std::process::Stdio;
+
+    use tokio::io::AsyncWriteExt;
+
+    let redis = RedisServer::start()?;
+    let stack = Stack::start(&redis.url(), "websocket-play", 1).await?;
+    let url = format!("ws://{}/ws", stack.gateway.admin);
+    let mut play = tokio::process::Command::new(tta_testkit::binary_path("tta")?)
+        .args(["play", "--ws", &url, "--session", "s-ws-play"])
+        .env_remove("TTA_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = play.stdin.take().context("no stdin")?;
+    stdin.write_all(b"look around\nquit\n").await?;
+    drop(stdin);
+    let output = tokio::time::timeout(Duration::from_secs(30), play.wait_with_output())
+        .await
+        .context("tta play did not finish")??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "{stdout}\n{stderr}");
+    ensure!(stderr.trim().is_empty(), "errors while playing: {stderr}");
+    // The reply, then its notes with the place the player is at, then the goodbye.
+    let notes = stdout
+        .lines()
+        .find(|line| line.trim_start().starts_with('[') && line.contains(" ms"))
+        .with_context(|| format!("no notes line in {stdout}"))?;
+    ensure!(notes.contains("at "), "no place in {notes:?}");
+    ensure!(stdout.contains("take care"), "{stdout}");
+
+    let mut client = OrchestratorClient::connect(stack.gateway_url()).await?;
+    let session = client
+        .get_session(pb::GetSessionRequest {
+            session_id: "s-ws-play".to_owned(),
+        })
+        .await?
+        .into_inner()
+        .session
+        .context("no session")?;
+    ensure!(
+        !session.last_turn_id.is_empty(),
+        "the turn was not recorded"
+    );
+    Ok(())
+}
