@@ -265,9 +265,9 @@ async fn events_of(socket: &mut Socket, turn_id: &str, others: &mut Vec<Value>) 
             continue;
         }
         assert_eq!(frame["type"], "event", "{frame}");
-        let event = frame["event"].clone();
+        let event = &frame["event"];
         let last = event.get("completed").is_some() || event.get("failed").is_some();
-        events.push(event);
+        events.push(frame);
         if last {
             return events;
         }
@@ -288,7 +288,7 @@ fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
 
 fn completed_response(events: &[Value]) -> &Value {
     let last = events.last().unwrap();
-    &last["completed"]["response"]
+    &last["event"]["completed"]["response"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -302,22 +302,44 @@ async fn a_turn_streams_accepted_steps_and_a_completed_narrative() {
     .await;
     let events = events_of(&mut socket, "t1", &mut Vec::new()).await;
 
-    assert_eq!(events[0]["accepted"]["workflow"], "told", "{events:?}");
+    assert_eq!(
+        events[0]["event"]["accepted"]["workflow"], "told",
+        "{events:?}"
+    );
     let sequences: Vec<u64> = events
         .iter()
-        .map(|event| event["sequence"].as_u64().unwrap())
+        .map(|frame| frame["event"]["sequence"].as_u64().unwrap())
         .collect();
     assert_eq!(sequences, (1..=events.len() as u64).collect::<Vec<_>>());
-    let has = |kind: &str| events.iter().any(|event| event.get(kind).is_some());
+    let has = |kind: &str| {
+        events
+            .iter()
+            .any(|frame| frame["event"].get(kind).is_some())
+    };
     assert!(has("stepStarted") && has("stepFinished"), "{events:?}");
     let chunks: String = events
         .iter()
-        .filter_map(|event| event["narrativeChunk"]["text"].as_str())
+        .filter_map(|frame| frame["event"]["narrativeChunk"]["text"].as_str())
         .collect();
     let response = completed_response(&events);
     assert_eq!(response["text"], STORY);
     assert_eq!(chunks, STORY);
     assert_eq!(response["turnId"], "t1");
+
+    // A turn that fails ends with a `failed` event, its code named as in error frames.
+    let mut intruder = turn("s-stream", "t2", "i look too");
+    intruder["user_id"] = json!("someone-else");
+    send(&mut socket, &intruder).await;
+    let events_t2 = events_of(&mut socket, "t2", &mut Vec::new()).await;
+    let last = events_t2.last().unwrap();
+    assert_eq!(last["code"], "permission_denied", "{last}");
+    assert!(
+        last["event"]["failed"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("user_id"),
+        "{last}"
+    );
 
     let (status, metrics) = http_get(harness.admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
@@ -326,13 +348,17 @@ async fn a_turn_streams_accepted_steps_and_a_completed_narrative() {
         "tta_gateway_websocket_messages_total",
         &[r#"direction="in""#, r#"type="turn""#],
     );
-    assert_eq!(turns_in, Some(1.0), "{metrics}");
+    assert_eq!(turns_in, Some(2.0), "{metrics}");
     let events_out = sample(
         &metrics,
         "tta_gateway_websocket_messages_total",
         &[r#"direction="out""#, r#"type="event""#],
     );
-    assert_eq!(events_out, Some(events.len() as f64), "{metrics}");
+    assert_eq!(
+        events_out,
+        Some((events.len() + events_t2.len()) as f64),
+        "{metrics}"
+    );
     let open = sample(&metrics, "tta_gateway_websocket_connections", &[]);
     assert_eq!(open, Some(1.0), "{metrics}");
     harness.stop().await;

@@ -42,24 +42,6 @@ impl ErrorCode {
         }
     }
 
-    /// The code's snake_case name, for transports that carry codes as text (the gateway's
-    /// WebSocket error frames): `invalid_argument`, `resource_exhausted`, …
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidArgument => "invalid_argument",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::AlreadyExists => "already_exists",
-            ErrorCode::ResourceExhausted => "resource_exhausted",
-            ErrorCode::FailedPrecondition => "failed_precondition",
-            ErrorCode::DeadlineExceeded => "deadline_exceeded",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Cancelled => "cancelled",
-            ErrorCode::PermissionDenied => "permission_denied",
-            ErrorCode::Aborted => "aborted",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidArgument => 400,
@@ -162,9 +144,6 @@ mod tests {
             let status = code.http_status();
             assert!((400..600).contains(&status), "{code:?} -> {status}");
             assert_ne!(code.grpc_code(), tonic::Code::Ok);
-            // The text name is the gRPC code's name in snake_case.
-            let grpc = format!("{:?}", code.grpc_code());
-            assert_eq!(code.name().replace('_', ""), grpc.to_ascii_lowercase());
         }
         assert_eq!(ErrorCode::Unavailable.grpc_code(), tonic::Code::Unavailable);
         assert_eq!(ErrorCode::ResourceExhausted.http_status(), 429);

@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, close_code};
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
@@ -17,6 +17,7 @@ use super::{
     Shared,
     protocol::{self, Command, Frame},
 };
+use tonic::Code;
 use tta_proto::v1::turn_event::Event;
 
 use crate::orchestrator::OrchestratorService;
@@ -49,8 +50,10 @@ fn count(direction: &'static str, kind: &'static str) {
 
 /// Why the loop ended, and what to tell the client if it is still there.
 enum Ending {
-    /// The client closed or vanished; nothing to send.
+    /// The client vanished; nothing to send.
     Gone,
+    /// The client closed: the protocol layer has queued the answering close frame.
+    ClosedByClient,
     Close(u16, &'static str),
 }
 
@@ -83,9 +86,9 @@ pub(super) async fn serve(mut socket: WebSocket, shared: Shared) {
                     }
                     Message::Binary(_) => {
                         count("in", "binary");
-                        Some(Frame::error("invalid_argument", None, "send JSON in text frames", None))
+                        Some(Frame::error(Code::InvalidArgument, None, "send JSON in text frames", None))
                     }
-                    Message::Close(_) => break Ending::Gone,
+                    Message::Close(_) => break Ending::ClosedByClient,
                     // Pings are answered by the protocol layer; pongs only prove the client lives.
                     Message::Ping(_) | Message::Pong(_) => None,
                 };
@@ -112,13 +115,19 @@ pub(super) async fn serve(mut socket: WebSocket, shared: Shared) {
             Some(_) = turns.join_next(), if !turns.is_empty() => {}
         }
     };
-    if let Ending::Close(code, reason) = ending {
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
-        // Best effort, and bounded: a client that is already gone cannot be told.
-        let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(close)).await;
+    // Best effort, and bounded: a client that is already gone cannot be told.
+    match ending {
+        Ending::Gone => {}
+        Ending::ClosedByClient => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, socket.flush()).await;
+        }
+        Ending::Close(code, reason) => {
+            let close = Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            }));
+            let _ = tokio::time::timeout(CLOSE_WAIT, socket.send(close)).await;
+        }
     }
     tracing::debug!("websocket connection closed");
 }
@@ -154,7 +163,7 @@ fn handle(
         Err((field, message)) => {
             count("in", "invalid");
             return Some(Frame::error(
-                "invalid_argument",
+                Code::InvalidArgument,
                 field.as_deref(),
                 &message,
                 None,
@@ -167,7 +176,7 @@ fn handle(
     }
     let Ok(permit) = in_flight.clone().try_acquire_owned() else {
         return Some(Frame::error(
-            "resource_exhausted",
+            Code::ResourceExhausted,
             None,
             &format!(
                 "this connection already has {} turns in flight (gateway.websocket.max_in_flight); wait for one to finish",
@@ -223,7 +232,12 @@ async fn stream(
                 Frame::event(&event)
             }
             // The event stream reports failures as `failed` events; this is defensive.
-            Err(status) => Frame::error("internal", None, status.message(), Some(&started.turn_id)),
+            Err(status) => Frame::error(
+                status.code(),
+                None,
+                status.message(),
+                Some(&started.turn_id),
+            ),
         };
         if outbox.send(frame).await.is_err() {
             // The connection closed; the turn carries on and can be resumed.

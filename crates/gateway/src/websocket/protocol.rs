@@ -183,16 +183,21 @@ impl Frame {
         Self::new("pong", &json!({ "type": "pong" }))
     }
 
-    /// One event of a turn, the event in the proto3 JSON mapping.
+    /// One event of a turn, the event in the proto3 JSON mapping; a `failed` event also names
+    /// its code the way error frames do.
     pub fn event(event: &pb::TurnEvent) -> Self {
         match crate::workflow::json::to_json("tta.v1.TurnEvent", event) {
-            Ok(rendered) => Self::new(
-                "event",
-                &json!({ "type": "event", "turn_id": event.turn_id, "event": rendered }),
-            ),
+            Ok(rendered) => {
+                let mut frame =
+                    json!({ "type": "event", "turn_id": event.turn_id, "event": rendered });
+                if let Some(pb::turn_event::Event::Failed(failed)) = &event.event {
+                    frame["code"] = json!(code_name(tonic::Code::from_i32(failed.code)));
+                }
+                Self::new("event", &frame)
+            }
             // Only a build whose embedded descriptors lack TurnEvent gets here.
             Err(reason) => Self::error(
-                "internal",
+                tonic::Code::Internal,
                 None,
                 &format!("cannot render the event: {reason}"),
                 Some(&event.turn_id),
@@ -201,8 +206,16 @@ impl Frame {
     }
 
     /// An error frame; `field` names the offending field of the client's message.
-    pub fn error(code: &str, field: Option<&str>, message: &str, turn_id: Option<&str>) -> Self {
-        Self::new("error", &error_value(code, field, message, turn_id))
+    pub fn error(
+        code: tonic::Code,
+        field: Option<&str>,
+        message: &str,
+        turn_id: Option<&str>,
+    ) -> Self {
+        Self::new(
+            "error",
+            &error_value(code_name(code), field, message, turn_id),
+        )
     }
 
     /// A turn that could not start, with the code of the one error mapping; a shed turn also
@@ -212,11 +225,36 @@ impl Frame {
             Error::Invalid(violation) => Some(violation.field.as_str()),
             _ => None,
         };
-        let mut value = error_value(err.error_code().name(), field, &err.to_string(), turn_id);
+        let code = code_name(err.error_code().grpc_code());
+        let mut value = error_value(code, field, &err.to_string(), turn_id);
         if let Error::Shed { retry_after, .. } = err {
             value["retry_after_ms"] = json!(retry_after.as_millis() as u64);
         }
         Self::new("error", &value)
+    }
+}
+
+/// A status code as error frames name it: the gRPC code in snake_case, so a client of both
+/// APIs reads the same vocabulary.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "ok",
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::Unknown => "unknown",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Aborted => "aborted",
+        tonic::Code::OutOfRange => "out_of_range",
+        tonic::Code::Unimplemented => "unimplemented",
+        tonic::Code::Internal => "internal",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DataLoss => "data_loss",
+        tonic::Code::Unauthenticated => "unauthenticated",
     }
 }
 
@@ -315,6 +353,33 @@ mod tests {
         let value: Value = serde_json::from_str(&shed.text).unwrap();
         assert_eq!(value["code"], "unavailable");
         assert_eq!(value["retry_after_ms"], 2000);
+    }
+
+    #[test]
+    fn code_names_are_the_grpc_names_in_snake_case() {
+        for number in 0..=16 {
+            let code = tonic::Code::from_i32(number);
+            let grpc = format!("{code:?}").to_ascii_lowercase();
+            assert_eq!(code_name(code).replace('_', ""), grpc);
+        }
+    }
+
+    #[test]
+    fn a_failed_event_names_its_code() {
+        let event = pb::TurnEvent {
+            turn_id: "t1".into(),
+            sequence: 2,
+            time: None,
+            event: Some(pb::turn_event::Event::Failed(pb::TurnFailed {
+                code: tonic::Code::PermissionDenied as i32,
+                message: "user_id: session s1 belongs to another user".into(),
+                retryable: false,
+                retry_after: None,
+            })),
+        };
+        let value: Value = serde_json::from_str(&Frame::event(&event).text).unwrap();
+        assert_eq!(value["code"], "permission_denied");
+        assert_eq!(value["event"]["failed"]["code"], 7);
     }
 
     #[test]
