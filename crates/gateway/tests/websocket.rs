@@ -16,7 +16,7 @@ use std::{
 
 use futures::{SinkExt, StreamExt, future::BoxFuture};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 use tonic::transport::Channel;
 use tta_agents::worker::{TaskError, TaskRunner, Worker};
@@ -33,13 +33,14 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How long any single frame may take to arrive before a test fails.
 const FRAME_WAIT: Duration = Duration::from_secs(15);
-/// What the teller says; a turn whose text contains "slowly" takes this long to tell it.
+/// What the teller says.
 const STORY: &str = "The lantern flickers. Somewhere below, the sea breathes.";
-const SLOW_STEP: Duration = Duration::from_millis(1500);
 
-/// The `teller` agent: answers every task with [`STORY`] and counts how often it ran per turn.
+/// The `teller` agent: answers every task with [`STORY`] and counts how often it ran per turn;
+/// a turn whose text contains "held" waits until the test opens the gate.
 struct Teller {
     runs: Arc<Mutex<HashMap<String, u32>>>,
+    gate: watch::Receiver<bool>,
 }
 
 impl TaskRunner for Teller {
@@ -48,12 +49,12 @@ impl TaskRunner for Teller {
         task: &'a pb::AgentTask,
     ) -> BoxFuture<'a, Result<pb::AgentOutput, TaskError>> {
         Box::pin(async move {
-            let slow = task
-                .turn
-                .as_ref()
-                .is_some_and(|t| t.text.contains("slowly"));
-            if slow {
-                tokio::time::sleep(SLOW_STEP).await;
+            let held = task.turn.as_ref().is_some_and(|t| t.text.contains("held"));
+            if held {
+                let mut gate = self.gate.clone();
+                gate.wait_for(|open| *open)
+                    .await
+                    .map_err(|_| TaskError::Permanent("the test ended".into()))?;
             }
             *self
                 .runs
@@ -83,6 +84,7 @@ struct Harness {
     admin: SocketAddr,
     client: OrchestratorClient<Channel>,
     runs: Arc<Mutex<HashMap<String, u32>>>,
+    gate: watch::Sender<bool>,
     shutdown: Shutdown,
 }
 
@@ -107,7 +109,8 @@ impl Harness {
                 .unwrap();
         let shutdown = Shutdown::new();
         let runs = Arc::new(Mutex::new(HashMap::new()));
-        spawn_teller(&broker_url, runs.clone(), shutdown.clone());
+        let (gate, opened) = watch::channel(false);
+        spawn_teller(&broker_url, runs.clone(), opened, shutdown.clone());
 
         // The built-in workflows are stored in the background; registration needs the registry.
         wait_until(Duration::from_secs(10), "workflow registry ready", || {
@@ -125,7 +128,8 @@ impl Harness {
         })
         .await
         .unwrap();
-        // Turns of interaction type "story" run the teller alone.
+        // Turns name this workflow: routing works on a snapshot refreshed every second, an
+        // explicit name is looked up at once.
         client
             .register_workflow(pb::RegisterWorkflowRequest {
                 definition: Some(pb::WorkflowDefinition {
@@ -135,11 +139,6 @@ impl Harness {
                         agent_type: "teller".to_owned(),
                         ..Default::default()
                     }],
-                    route: Some(pb::WorkflowRoute {
-                        interaction_types: vec!["story".to_owned()],
-                        precedence: 5,
-                        ..Default::default()
-                    }),
                     fallback_reply: "The story waits for you.".to_owned(),
                     ..Default::default()
                 }),
@@ -155,8 +154,14 @@ impl Harness {
             admin,
             client,
             runs,
+            gate,
             shutdown,
         }
+    }
+
+    /// Lets the held turns finish.
+    fn open_gate(&self) {
+        self.gate.send_replace(true);
     }
 
     async fn connect(&self) -> Socket {
@@ -181,12 +186,17 @@ impl Harness {
     }
 }
 
-fn spawn_teller(broker_url: &str, runs: Arc<Mutex<HashMap<String, u32>>>, shutdown: Shutdown) {
+fn spawn_teller(
+    broker_url: &str,
+    runs: Arc<Mutex<HashMap<String, u32>>>,
+    gate: watch::Receiver<bool>,
+    shutdown: Shutdown,
+) {
     let publisher = Publisher::connect_lazy(broker_url).unwrap();
     let worker = Arc::new(Worker {
         agent: AgentId::new("teller".parse::<AgentType>().unwrap(), "teller-1").unwrap(),
         publisher: publisher.clone(),
-        runner: Arc::new(Teller { runs }),
+        runner: Arc::new(Teller { runs, gate }),
         task_timeout: Duration::from_secs(10),
     });
     tokio::spawn(messaging::consume(
@@ -211,6 +221,7 @@ fn turn(session: &str, turn_id: &str, text: &str) -> Value {
         "text": text,
         "turn_id": turn_id,
         "interaction_type": "story",
+        "workflow": "told",
     })
 }
 
@@ -411,7 +422,7 @@ async fn a_bad_message_gets_an_error_naming_the_field_and_the_socket_keeps_servi
 async fn a_turn_whose_socket_dropped_is_resumed_by_its_ids_and_applied_once() {
     let mut harness = Harness::start(|_| {}).await;
     let mut socket = harness.connect().await;
-    send(&mut socket, &turn("s-drop", "t-drop", "i wait slowly")).await;
+    send(&mut socket, &turn("s-drop", "t-drop", "i wait, held")).await;
     // Drop the connection once the step is under way, before the teller answers.
     loop {
         let frame = next_frame(&mut socket).await;
@@ -421,6 +432,7 @@ async fn a_turn_whose_socket_dropped_is_resumed_by_its_ids_and_applied_once() {
     }
     drop(socket);
     assert_eq!(harness.runs_of("t-drop"), 0, "the teller is still telling");
+    harness.open_gate();
 
     let mut socket = harness.connect().await;
     send(
@@ -464,9 +476,9 @@ async fn a_turn_whose_socket_dropped_is_resumed_by_its_ids_and_applied_once() {
 async fn turns_beyond_the_in_flight_limit_are_refused_until_one_finishes() {
     let harness = Harness::start(|config| config.gateway.websocket.max_in_flight = 2).await;
     let mut socket = harness.connect().await;
-    send(&mut socket, &turn("s-a", "t-a", "i walk slowly")).await;
-    send(&mut socket, &turn("s-b", "t-b", "i walk slowly")).await;
-    send(&mut socket, &turn("s-c", "t-c", "i walk slowly")).await;
+    send(&mut socket, &turn("s-a", "t-a", "i walk, held")).await;
+    send(&mut socket, &turn("s-b", "t-b", "i walk, held")).await;
+    send(&mut socket, &turn("s-c", "t-c", "i walk, held")).await;
 
     // The refusal is immediate; events of the two running turns may come first.
     let mut others = Vec::new();
@@ -479,6 +491,7 @@ async fn turns_beyond_the_in_flight_limit_are_refused_until_one_finishes() {
     };
     assert_eq!(refusal["code"], "resource_exhausted", "{refusal}");
     assert_eq!(refusal["turn_id"], "t-c");
+    harness.open_gate();
 
     let mut rest = Vec::new();
     let a = events_of(&mut socket, "t-a", &mut rest).await;
