@@ -1,5 +1,6 @@
 //! `tta.v1.Orchestrator` over gRPC: validates requests at the edge (INVALID_ARGUMENT names the
-//! field) and runs turns through the [`TurnRunner`].
+//! field) and runs turns through the [`TurnRunner`]; the WebSocket endpoint starts and resumes
+//! its turns through the same functions.
 
 use std::{
     pin::Pin,
@@ -101,31 +102,31 @@ impl OrchestratorService {
         })
     }
 
-    /// A turn asked for again by its ids only (a client that lost its connection): the stored
-    /// request runs again, which — runs being idempotent by `turn_id` — waits for an attempt
-    /// still in flight, finishes one a crashed gateway left, or replays the one result. A turn
-    /// that finished without a stored request (it came over gRPC) is replayed from its record.
+    /// A turn asked for again by its ids only (a client that lost its connection). A finished
+    /// turn is replayed from its run record; otherwise the stored request runs again, which —
+    /// runs being idempotent by `turn_id` — waits for an attempt still in flight or finishes
+    /// one a crashed gateway left, and either way answers the one result.
     pub async fn resume_turn(&self, session_id: &str, turn_id: &str) -> Result<StartedTurn, Error> {
         let session = SessionId::parse_field("session_id", session_id)?;
         let turn = TurnId::parse_field("turn_id", turn_id)?;
         let store = self.turns.store();
-        if let Some(request) = store.request(session.as_str(), turn.as_str()).await? {
-            return self.start_turn(request, false).await;
+        if let Some(mut done) = store.response(session.as_str(), turn.as_str()).await? {
+            done.replayed = true;
+            let (sink, receiver) = EventSink::channel();
+            sink.accepted(crate::turn::accepted_of(&done, Duration::ZERO));
+            sink.narrative(&done.text);
+            sink.completed(&done);
+            return Ok(StartedTurn {
+                events: events::stream(turn.to_string(), receiver),
+                turn_id: turn.to_string(),
+            });
         }
-        let Some(mut done) = store.response(session.as_str(), turn.as_str()).await? else {
-            return Err(Error::NotFound(format!(
+        match store.request(session.as_str(), turn.as_str()).await? {
+            Some(request) => self.start_turn(request, false).await,
+            None => Err(Error::NotFound(format!(
                 "turn_id: no turn {turn} in session {session}"
-            )));
-        };
-        done.replayed = true;
-        let (sink, receiver) = EventSink::channel();
-        sink.accepted(crate::turn::accepted_of(&done, Duration::ZERO));
-        sink.narrative(&done.text);
-        sink.completed(&done);
-        Ok(StartedTurn {
-            events: events::stream(turn.to_string(), receiver),
-            turn_id: turn.to_string(),
-        })
+            ))),
+        }
     }
 
     fn validate_turn(
