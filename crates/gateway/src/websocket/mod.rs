@@ -17,6 +17,7 @@ use axum::{
     routing::get,
 };
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 use tta_runtime::Shutdown;
 use tta_types::config::WebSocketConfig;
 
@@ -77,9 +78,13 @@ impl Endpoint {
 async fn upgrade(State(shared): State<Shared>, upgrade: WebSocketUpgrade) -> Response {
     let limit = usize::try_from(shared.limits.max_message_bytes.bytes()).unwrap_or(usize::MAX);
     let connections = shared.connections.clone();
+    // One id per connection, so its log lines (opened, closed, why) read together.
+    let span = tracing::info_span!("websocket", connection = %uuid::Uuid::now_v7().simple());
     upgrade
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(|err| tracing::debug!(error = %err, "websocket upgrade failed"))
-        .on_upgrade(move |socket| connections.track_future(connection::serve(socket, shared)))
+        .on_upgrade(move |socket| {
+            connections.track_future(connection::serve(socket, shared).instrument(span))
+        })
 }
