@@ -160,12 +160,12 @@ fn handle(
 ) -> Option<Frame> {
     let command = match protocol::parse(text) {
         Ok(command) => command,
-        Err((field, message)) => {
+        Err(refusal) => {
             count("in", "invalid");
             return Some(Frame::error(
                 Code::InvalidArgument,
-                field.as_deref(),
-                &message,
+                refusal.field.as_deref(),
+                &refusal.message,
                 None,
             ));
         }

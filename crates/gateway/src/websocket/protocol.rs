@@ -59,15 +59,31 @@ const TURN_FIELDS: &[&str] = &[
 const RESUME_FIELDS: &[&str] = &["type", "session_id", "turn_id"];
 const PING_FIELDS: &[&str] = &["type"];
 
-/// Parses one text frame. `None` as the field of the violation means the frame is not a JSON
-/// object at all.
-pub fn parse(text: &str) -> Result<Command, (Option<String>, String)> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|err| (None, format!("the message is not valid JSON: {err}")))?;
-    let Value::Object(object) = value else {
-        return Err((None, "the message must be a JSON object".to_owned()));
+/// Why a message was refused: the field at fault (none when the message is not a JSON object
+/// at all) and what is wrong, in the words of a [`FieldViolation`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub field: Option<String>,
+    pub message: String,
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<Command, Refusal> {
+    let not_an_object = |message: String| Refusal {
+        field: None,
+        message,
     };
-    command(&object).map_err(|violation| (Some(violation.field), violation.reason))
+    let value: Value = serde_json::from_str(text)
+        .map_err(|err| not_an_object(format!("the message is not valid JSON: {err}")))?;
+    let Value::Object(object) = value else {
+        return Err(not_an_object(
+            "the message must be a JSON object".to_owned(),
+        ));
+    };
+    command(&object).map_err(|violation| Refusal {
+        message: violation.to_string(),
+        field: Some(violation.field),
+    })
 }
 
 fn command(object: &Map<String, Value>) -> Result<Command, FieldViolation> {
@@ -273,8 +289,8 @@ fn error_value(code: &str, field: Option<&str>, message: &str, turn_id: Option<&
 mod tests {
     use super::*;
 
-    fn violation(text: &str) -> (Option<String>, String) {
-        parse(text).expect_err("the message must be refused")
+    fn refused_field(text: &str) -> Option<String> {
+        parse(text).expect_err("the message must be refused").field
     }
 
     #[test]
@@ -305,30 +321,31 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        assert_eq!(violation("{not json").0, None);
-        assert_eq!(violation("[1]").0, None);
-        assert_eq!(violation(r#"{"text":"hi"}"#).0.as_deref(), Some("type"));
-        assert_eq!(violation(r#"{"type":"dance"}"#).0.as_deref(), Some("type"));
+        assert_eq!(refused_field("{not json"), None);
+        assert_eq!(refused_field("[1]"), None);
+        assert_eq!(refused_field(r#"{"text":"hi"}"#).as_deref(), Some("type"));
         assert_eq!(
-            violation(r#"{"type":"turn","session_id":7}"#).0.as_deref(),
+            refused_field(r#"{"type":"dance"}"#).as_deref(),
+            Some("type")
+        );
+        assert_eq!(
+            refused_field(r#"{"type":"turn","session_id":7}"#).as_deref(),
             Some("session_id")
         );
         assert_eq!(
-            violation(r#"{"type":"turn","sesion_id":"s"}"#).0.as_deref(),
+            refused_field(r#"{"type":"turn","sesion_id":"s"}"#).as_deref(),
             Some("sesion_id")
         );
         assert_eq!(
-            violation(r#"{"type":"turn","priority":"urgent"}"#)
-                .0
-                .as_deref(),
+            refused_field(r#"{"type":"turn","priority":"urgent"}"#).as_deref(),
             Some("priority")
         );
         assert_eq!(
-            violation(r#"{"type":"turn","metadata":{"k":1}}"#)
-                .0
-                .as_deref(),
+            refused_field(r#"{"type":"turn","metadata":{"k":1}}"#).as_deref(),
             Some("metadata[\"k\"]")
         );
+        let refusal = parse(r#"{"type":"ping","x":1}"#).unwrap_err();
+        assert!(refusal.message.starts_with("x: "), "{refusal:?}");
     }
 
     #[test]
