@@ -20,6 +20,7 @@ use crate::{
     engine::{Engine, NackOutcome, Subscription},
     envelope::{now_millis, timestamp_from_millis, timestamp_to_millis},
     error::Error,
+    fetch::Fetcher,
     topic::Receipt,
 };
 
@@ -398,6 +399,7 @@ async fn read_loop(
         metrics::counter!("tta_broker_redeliveries_total", "topic" => topic.clone());
     let mut failures: u32 = 0;
     let mut connection = None;
+    let mut fetcher = Fetcher::new();
 
     while !stop.is_triggered() && !outgoing.is_closed() {
         flow.expire_leases(Instant::now());
@@ -427,7 +429,7 @@ async fn read_loop(
         };
 
         let read = tokio::select! {
-            read = engine.read(&subscription, blocking, wanted as usize, BLOCK) => read,
+            read = fetcher.next(&engine, &subscription, blocking, wanted as usize, BLOCK) => read,
             () = stop.wait() => { flow.grant(wanted); break }
         };
         let batch = match read {
@@ -451,16 +453,7 @@ async fn read_loop(
                 continue;
             }
         };
-        // The blocking read may return one entry per priority even with less credit left.
-        let surplus = (batch.len() as u64).saturating_sub(wanted);
-        if surplus > 0 {
-            flow.credit.fetch_sub(
-                surplus.min(flow.credit.load(Ordering::SeqCst)),
-                Ordering::SeqCst,
-            );
-        } else {
-            flow.grant(wanted - batch.len() as u64);
-        }
+        flow.grant(wanted.saturating_sub(batch.len() as u64));
 
         let lease_ms = subscription.visibility_timeout.as_millis() as i64;
         for delivered in batch {
