@@ -14,6 +14,7 @@ pub mod envelope;
 pub mod error;
 pub mod fetch;
 pub mod maintenance;
+pub mod outgoing;
 pub mod scripts;
 pub mod service;
 pub mod topic;
