@@ -165,7 +165,6 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
     let publisher = Publisher::connect_lazy(&config.agents.broker_endpoint)?;
     let worker = Arc::new(Worker {
         agent: agent_id.clone(),
-        publisher: publisher.clone(),
         runner,
         task_timeout: worker_config.task_timeout,
     });

@@ -1,7 +1,8 @@
 //! The runtime every agent worker shares: consume `agent.<type>` from the broker, run the
-//! engine, publish the `AgentResult` to the task's reply topic, and only then ack — so a worker
-//! killed mid-task means the task is redelivered to another instance, never lost. Also keeps
-//! the worker's entry in the agent registry fresh with heartbeats.
+//! engine, and settle the task with its `AgentResult` as a reply — the broker stores the result
+//! on the task's reply topic and only then acks — so a worker killed mid-task means the task is
+//! redelivered to another instance, never lost. Also keeps the worker's entry in the agent
+//! registry fresh with heartbeats.
 
 use std::{
     sync::Arc,
@@ -13,7 +14,7 @@ use prost::Message;
 use tta_proto::v1 as pb;
 use tta_runtime::{
     Shutdown,
-    messaging::{Handler, Outgoing, Publisher, Settle},
+    messaging::{Handler, Outgoing, Settle},
 };
 use tta_types::AgentId;
 
@@ -41,7 +42,6 @@ pub trait TaskRunner: Send + Sync {
 /// One worker process's identity and plumbing.
 pub struct Worker {
     pub agent: AgentId,
-    pub publisher: Publisher,
     pub runner: Arc<dyn TaskRunner>,
     pub task_timeout: Duration,
 }
@@ -125,7 +125,8 @@ impl Worker {
             duration: prost_types::Duration::try_from(elapsed).ok(),
             finished_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         };
-        let message = Outgoing {
+        // The broker publishes the result and acks the task in one step.
+        Settle::Reply(Box::new(Outgoing {
             topic: task.reply_topic.clone(),
             payload: result.encode_to_vec(),
             content_type: RESULT_CONTENT_TYPE.to_owned(),
@@ -133,13 +134,7 @@ impl Worker {
             // A redelivered task answers once.
             idempotency_key: Some(format!("result.{}.{}", task.task_id, task.attempt)),
             headers: Default::default(),
-        };
-        match self.publisher.publish(message).await {
-            Ok(_) => Settle::Ack,
-            Err(status) => {
-                Settle::Retry(format!("cannot publish the result: {}", status.message()))
-            }
-        }
+        }))
     }
 }
 

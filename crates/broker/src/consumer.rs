@@ -20,13 +20,19 @@ use crate::{
     engine::{Engine, NackOutcome, Subscription},
     envelope::{now_millis, timestamp_from_millis, timestamp_to_millis},
     error::Error,
+    fetch::Fetcher,
+    outgoing,
     topic::Receipt,
 };
+use pb::consume_request::Frame;
+use tta_types::FieldViolation;
 
 /// How long one blocking read waits before the reader re-checks credit and leases.
 const BLOCK: Duration = Duration::from_secs(2);
 /// Most acks settled in one round trip.
 const MAX_ACK_BATCH: usize = 1024;
+/// Most messages one reply frame may publish.
+const MAX_REPLY_MESSAGES: usize = 16;
 
 #[derive(Debug)]
 struct InFlight {
@@ -210,15 +216,15 @@ pub async fn run<S>(
             }
         };
         let result = match request.frame {
-            Some(pb::consume_request::Frame::Ack(ack)) => {
-                let mut batch = Vec::new();
-                extend_with_receipts(&mut batch, ack);
-                // Settle every ack that is already waiting in one round trip.
+            Some(frame @ (Frame::Ack(_) | Frame::Reply(_))) => {
+                let mut batch = Settling::default();
+                batch.add(frame);
+                // Settle every ack and reply that is already waiting together.
                 while batch.len() < MAX_ACK_BATCH {
                     match frames.next().now_or_never() {
                         Some(Some(Ok(pb::ConsumeRequest {
-                            frame: Some(pb::consume_request::Frame::Ack(more)),
-                        }))) => extend_with_receipts(&mut batch, more),
+                            frame: Some(frame @ (Frame::Ack(_) | Frame::Reply(_))),
+                        }))) => batch.add(frame),
                         Some(Some(Ok(other))) => {
                             carried = Some(other);
                             break;
@@ -230,7 +236,7 @@ pub async fn run<S>(
                         None => break,
                     }
                 }
-                settle_acks(&engine, &sessions, &topic, batch).await
+                settle(&engine, &sessions, &settings, &flow, batch).await
             }
             other => {
                 handle_other(
@@ -254,11 +260,177 @@ pub async fn run<S>(
     metrics::gauge!("tta_broker_consumers", "topic" => topic).decrement(1.0);
 }
 
-fn extend_with_receipts(batch: &mut Vec<String>, frame: pb::AckFrame) {
-    if !frame.receipt.is_empty() {
-        batch.push(frame.receipt);
+/// Acks and replies gathered from the frames waiting on a stream.
+#[derive(Debug, Default)]
+struct Settling {
+    acks: Vec<String>,
+    replies: Vec<pb::ReplyFrame>,
+}
+
+impl Settling {
+    fn add(&mut self, frame: Frame) {
+        match frame {
+            Frame::Ack(ack) => {
+                if !ack.receipt.is_empty() {
+                    self.acks.push(ack.receipt);
+                }
+                self.acks.extend(ack.receipts);
+            }
+            Frame::Reply(reply) => self.replies.push(reply),
+            _ => {}
+        }
     }
-    batch.extend(frame.receipts);
+
+    fn len(&self) -> usize {
+        self.acks.len() + self.replies.len()
+    }
+}
+
+/// Publishes what the replies carry, then acks in one round trip the plain acks and the
+/// replies whose messages are all stored; a reply that could not publish is nacked instead.
+async fn settle(
+    engine: &Engine,
+    sessions: &Sessions,
+    settings: &Settings,
+    flow: &Flow,
+    batch: Settling,
+) -> Result<(), tonic::Status> {
+    let Settling { mut acks, replies } = batch;
+    let topic = &settings.subscription.keys.topic;
+    let no_trace = outgoing::TraceHeaders::new();
+    let mut messages = Vec::new();
+    // Per valid reply: its receipt and how many of `messages` are its own.
+    let mut owners: Vec<(String, usize)> = Vec::new();
+    for reply in replies {
+        Receipt::parse("reply.receipt", &reply.receipt)?;
+        let checked = check_reply(engine, &reply, &no_trace);
+        match checked {
+            Ok(valid) => {
+                owners.push((reply.receipt, valid.len()));
+                messages.extend(valid);
+            }
+            Err(violation) => {
+                tracing::warn!(topic = %topic, error = %violation, "invalid reply; dead-lettering its delivery");
+                nack_delivery(
+                    engine,
+                    settings,
+                    flow,
+                    &reply.receipt,
+                    true,
+                    &violation.to_string(),
+                    None,
+                )
+                .await;
+            }
+        }
+    }
+    if !messages.is_empty() {
+        let destinations: Vec<String> = messages.iter().map(|m| m.topic.clone()).collect();
+        let mut outcomes = engine.publish(messages).await.into_iter();
+        let mut destinations = destinations.into_iter();
+        for (receipt, count) in owners {
+            let mut failure: Option<Error> = None;
+            for _ in 0..count {
+                let (Some(outcome), Some(destination)) = (outcomes.next(), destinations.next())
+                else {
+                    failure.get_or_insert(Error::Corrupt("publish result missing".into()));
+                    continue;
+                };
+                outgoing::record_publish(&destination, &outcome);
+                if let Err(err) = outcome {
+                    failure.get_or_insert(err);
+                }
+            }
+            match failure {
+                None => acks.push(receipt),
+                Some(err) => {
+                    let reason = format!("cannot publish the reply: {err}");
+                    nack_delivery(
+                        engine,
+                        settings,
+                        flow,
+                        &receipt,
+                        false,
+                        &reason,
+                        err.retry_after(),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    if acks.is_empty() {
+        return Ok(());
+    }
+    settle_acks(engine, sessions, topic, acks).await
+}
+
+/// The messages of a reply, checked as a publish would check them.
+fn check_reply(
+    engine: &Engine,
+    reply: &pb::ReplyFrame,
+    trace: &outgoing::TraceHeaders,
+) -> Result<Vec<crate::engine::Outgoing>, FieldViolation> {
+    if reply.publish.is_empty() || reply.publish.len() > MAX_REPLY_MESSAGES {
+        return Err(FieldViolation::new(
+            "reply.publish",
+            format!(
+                "must hold 1 to {MAX_REPLY_MESSAGES} messages, got {}",
+                reply.publish.len()
+            ),
+        ));
+    }
+    reply
+        .publish
+        .iter()
+        .enumerate()
+        .map(|(index, message)| {
+            outgoing::validate(
+                engine.config(),
+                &|| format!("reply.publish[{index}]"),
+                message.clone(),
+                None,
+                trace,
+            )
+        })
+        .collect()
+}
+
+/// Nacks one delivery of this stream and gives its credit back.
+async fn nack_delivery(
+    engine: &Engine,
+    settings: &Settings,
+    flow: &Flow,
+    receipt: &str,
+    permanent: bool,
+    reason: &str,
+    retry_after: Option<Duration>,
+) {
+    let subscription = &settings.subscription;
+    let outcome = match Receipt::parse("receipt", receipt) {
+        Ok(parsed) => {
+            engine
+                .nack(
+                    &parsed,
+                    &subscription.consumer,
+                    permanent,
+                    reason,
+                    retry_after,
+                )
+                .await
+        }
+        Err(violation) => Err(Error::from(violation)),
+    };
+    match outcome {
+        Ok(outcome) => record_nack(&subscription.keys.topic, outcome),
+        Err(Error::NotFound(_)) => {
+            metrics::counter!("tta_broker_unknown_acks_total", "topic" => subscription.keys.topic.clone()).increment(1);
+        }
+        Err(err) => {
+            tracing::warn!(topic = %subscription.keys.topic, error = %err, "stream nack failed; the lease will expire instead")
+        }
+    }
+    flow.settle([receipt]);
 }
 
 async fn settle_acks(
@@ -307,7 +479,6 @@ async fn handle_other(
     flow: &Flow,
     request: pb::ConsumeRequest,
 ) -> Result<(), tonic::Status> {
-    use pb::consume_request::Frame;
     let subscription = &settings.subscription;
     match request.frame {
         Some(Frame::Credit(credit)) => {
@@ -315,7 +486,7 @@ async fn handle_other(
             Ok(())
         }
         Some(Frame::Nack(nack)) => {
-            let receipt = Receipt::parse("nack.receipt", &nack.receipt)?;
+            Receipt::parse("nack.receipt", &nack.receipt)?;
             let permanent = match pb::NackKind::try_from(nack.kind) {
                 Ok(pb::NackKind::Permanent) => true,
                 Ok(pb::NackKind::Transient) => false,
@@ -329,25 +500,16 @@ async fn handle_other(
                 .retry_after
                 .as_ref()
                 .and_then(|d| Duration::try_from(*d).ok());
-            match engine
-                .nack(
-                    &receipt,
-                    &subscription.consumer,
-                    permanent,
-                    &nack.reason,
-                    retry_after,
-                )
-                .await
-            {
-                Ok(outcome) => record_nack(&subscription.keys.topic, outcome),
-                Err(Error::NotFound(_)) => {
-                    metrics::counter!("tta_broker_unknown_acks_total", "topic" => subscription.keys.topic.clone()).increment(1);
-                }
-                Err(err) => {
-                    tracing::warn!(topic = %subscription.keys.topic, error = %err, "stream nack failed; the lease will expire instead")
-                }
-            }
-            flow.settle([nack.receipt.as_str()]);
+            nack_delivery(
+                engine,
+                settings,
+                flow,
+                &nack.receipt,
+                permanent,
+                &nack.reason,
+                retry_after,
+            )
+            .await;
             Ok(())
         }
         Some(Frame::Extend(extend)) => {
@@ -361,8 +523,8 @@ async fn handle_other(
             }
             Ok(())
         }
-        Some(Frame::Ack(_)) => Err(tonic::Status::internal(
-            "ack frames are settled in batches by the frame loop",
+        Some(Frame::Ack(_) | Frame::Reply(_)) => Err(tonic::Status::internal(
+            "ack and reply frames are settled in batches by the frame loop",
         )),
         Some(Frame::Subscribe(_)) => Err(tonic::Status::invalid_argument(
             "subscribe: only the first frame may subscribe",
@@ -398,6 +560,7 @@ async fn read_loop(
         metrics::counter!("tta_broker_redeliveries_total", "topic" => topic.clone());
     let mut failures: u32 = 0;
     let mut connection = None;
+    let mut fetcher = Fetcher::new();
 
     while !stop.is_triggered() && !outgoing.is_closed() {
         flow.expire_leases(Instant::now());
@@ -427,7 +590,7 @@ async fn read_loop(
         };
 
         let read = tokio::select! {
-            read = engine.read(&subscription, blocking, wanted as usize, BLOCK) => read,
+            read = fetcher.next(&engine, &subscription, blocking, wanted as usize, BLOCK) => read,
             () = stop.wait() => { flow.grant(wanted); break }
         };
         let batch = match read {
@@ -451,16 +614,7 @@ async fn read_loop(
                 continue;
             }
         };
-        // The blocking read may return one entry per priority even with less credit left.
-        let surplus = (batch.len() as u64).saturating_sub(wanted);
-        if surplus > 0 {
-            flow.credit.fetch_sub(
-                surplus.min(flow.credit.load(Ordering::SeqCst)),
-                Ordering::SeqCst,
-            );
-        } else {
-            flow.grant(wanted - batch.len() as u64);
-        }
+        flow.grant(wanted.saturating_sub(batch.len() as u64));
 
         let lease_ms = subscription.visibility_timeout.as_millis() as i64;
         for delivered in batch {

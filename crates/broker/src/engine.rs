@@ -475,58 +475,42 @@ impl Engine {
         Ok(group)
     }
 
-    /// Reads up to `count` new messages for a consumer, HIGH before NORMAL before LOW. Waits up
-    /// to `block` on `blocking` when nothing is there; may then return up to 3 entries (one per
-    /// priority) even when `count` is smaller.
-    pub async fn read(
+    /// One `XREADGROUP` of new entries for a consumer over the streams of `priorities`, at most
+    /// `count` from each. With `block`, waits that long on an empty read; an entry arriving in
+    /// any of them ends the wait. Entries come back highest priority first, FIFO within each.
+    pub async fn read_streams(
         &self,
         subscription: &Subscription,
-        blocking: &mut MultiplexedConnection,
+        connection: &mut MultiplexedConnection,
+        priorities: &[Priority],
         count: usize,
-        block: Duration,
+        block: Option<Duration>,
     ) -> Result<Vec<Delivered>, Error> {
-        // Native reads, highest priority first, each asking only for what is still wanted: a
-        // script would copy every entry through Lua tables, which costs Redis more than the
-        // extra round trips.
-        let mut delivered = Vec::new();
-        let mut connection = self.connection();
-        for priority in Priority::DELIVERY_ORDER {
-            let wanted = count.saturating_sub(delivered.len());
-            if wanted == 0 {
-                break;
-            }
-            let reply: Value = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(&subscription.group)
-                .arg(&subscription.consumer)
-                .arg("COUNT")
-                .arg(wanted)
-                .arg("STREAMS")
-                .arg(subscription.keys.stream(priority))
-                .arg(">")
-                .query_async(&mut connection)
-                .await?;
-            delivered.extend(parse_stream_read(&subscription.keys, reply)?);
+        if priorities.is_empty() || count == 0 {
+            return Ok(Vec::new());
         }
-        if !delivered.is_empty() || block.is_zero() {
-            return Ok(delivered);
-        }
-
-        let streams = subscription.keys.streams();
-        let reply: Value = redis::cmd("XREADGROUP")
+        let mut command = redis::cmd("XREADGROUP");
+        command
             .arg("GROUP")
             .arg(&subscription.group)
             .arg(&subscription.consumer)
             .arg("COUNT")
-            .arg(1)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&streams[..])
-            .arg(&[">", ">", ">"][..])
-            .query_async(blocking)
-            .await?;
-        parse_stream_read(&subscription.keys, reply)
+            .arg(count);
+        if let Some(block) = block {
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS");
+        for priority in priorities {
+            command.arg(subscription.keys.stream(*priority));
+        }
+        for _ in priorities {
+            command.arg(">");
+        }
+        let reply: Value = command.query_async(connection).await?;
+        let mut delivered = parse_stream_read(&subscription.keys, reply)?;
+        // Stable: FIFO within a priority survives.
+        delivered.sort_by_key(|entry| priority_index(entry.receipt.priority));
+        Ok(delivered)
     }
 
     /// Acknowledges deliveries. Returns the indexes (into `receipts`) that were unknown or
@@ -895,7 +879,7 @@ impl Engine {
     }
 }
 
-fn priority_index(priority: Priority) -> usize {
+pub(crate) fn priority_index(priority: Priority) -> usize {
     match priority {
         Priority::High => 0,
         Priority::Normal => 1,

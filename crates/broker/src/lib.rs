@@ -5,13 +5,16 @@
 //! backpressure.
 //!
 //! Layout: [`engine`] owns the Redis data model and its Lua [`scripts`]; [`consumer`] runs one
-//! push stream; [`service`] is the gRPC edge; [`maintenance`] is the background work.
+//! push stream, reading through a [`fetch::Fetcher`]; [`service`] is the gRPC edge;
+//! [`maintenance`] is the background work.
 
 pub mod consumer;
 pub mod engine;
 pub mod envelope;
 pub mod error;
+pub mod fetch;
 pub mod maintenance;
+pub mod outgoing;
 pub mod scripts;
 pub mod service;
 pub mod topic;

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tta_runtime::{ServiceArgs, ServiceKind, service::run_main};
 
+#[global_allocator]
+static ALLOCATOR: tta_runtime::Allocator = tta_runtime::Allocator;
+
 /// Durable message broker of the TTA orchestrator, over Redis Streams.
 ///
 /// Configuration: built-in defaults, then the YAML file (--config or TTA_CONFIG), then TTA_*

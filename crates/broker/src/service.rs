@@ -1,45 +1,33 @@
 //! `tta.v1.Broker` over gRPC: validates requests at the edge (INVALID_ARGUMENT names the field)
 //! and hands domain values to the [`Engine`].
 
-use std::{collections::HashMap, pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tta_proto::v1::{self as pb, broker_server::Broker};
-use tta_runtime::{Shutdown, trace_context};
-use tta_types::{FieldViolation, MessageId, convert::priority_from_proto};
+use tta_runtime::Shutdown;
+use tta_types::{FieldViolation, convert::priority_from_proto};
 
 use crate::{
     consumer::{self, Sessions, Settings},
     engine::{Engine, Outgoing, Published, Subscription},
     envelope::{timestamp_from_millis, timestamp_to_millis},
     error::Error,
+    outgoing::{self, MAX_DELAY},
     topic::{Receipt, check_name, priority_from_code},
 };
 
 const MAX_BATCH: usize = 1000;
-const MAX_HEADERS: usize = 64;
-const MAX_HEADER_BYTES: usize = 8 * 1024;
-const MAX_DELAY: Duration = Duration::from_secs(24 * 3600);
-const MAX_CONTENT_TYPE: usize = 256;
+
 const DEFAULT_PREFETCH: u32 = 16;
 const MAX_PREFETCH: u32 = 1024;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 1000;
 const MIN_LEASE: Duration = Duration::from_secs(1);
 const MAX_LEASE: Duration = Duration::from_secs(3600);
-
-/// The trace context of the publish call, computed once per request and copied into each
-/// message that carries none of its own.
-type TraceHeaders = HashMap<String, String>;
-
-fn current_trace_headers() -> TraceHeaders {
-    let mut headers = HashMap::new();
-    trace_context::inject_into_map(&tracing::Span::current(), &mut headers);
-    headers
-}
 
 /// The gRPC face of the broker.
 #[derive(Debug, Clone)]
@@ -56,69 +44,6 @@ impl BrokerService {
             sessions: Arc::new(Sessions::default()),
             shutdown,
         }
-    }
-
-    /// Checks one outgoing message; `field` is its path in the request (e.g. `messages[3]`).
-    ///
-    /// Field paths are only formatted when something is wrong: this runs for every message of
-    /// every batch.
-    fn validate(
-        &self,
-        field: &dyn Fn() -> String,
-        message: pb::OutgoingMessage,
-        topic_override: Option<&str>,
-        trace: &TraceHeaders,
-    ) -> Result<Outgoing, FieldViolation> {
-        let within = |violation: FieldViolation| violation.within(&field());
-        let topic = match topic_override {
-            Some(topic) => topic.to_owned(),
-            None => {
-                check_name("topic", &message.topic).map_err(within)?;
-                message.topic
-            }
-        };
-        let priority = priority_from_proto("priority", message.priority).map_err(within)?;
-        let limit = self.engine.config().max_payload_bytes;
-        if message.payload.len() as u64 > limit.bytes() {
-            return Err(within(FieldViolation::new(
-                "payload",
-                format!("is {} bytes; the limit is {limit}", message.payload.len()),
-            )));
-        }
-        let mut headers = message.headers;
-        check_headers("headers", &headers).map_err(within)?;
-        let idempotency_key = if message.idempotency_key.is_empty() {
-            None
-        } else {
-            MessageId::parse_field("idempotency_key", &message.idempotency_key).map_err(within)?;
-            Some(message.idempotency_key)
-        };
-        let delay = match message.delay {
-            None => Duration::ZERO,
-            Some(delay) => Duration::try_from(delay)
-                .ok()
-                .filter(|delay| *delay <= MAX_DELAY)
-                .ok_or_else(|| within(FieldViolation::new("delay", "must be between 0 and 24h")))?,
-        };
-        if message.content_type.len() > MAX_CONTENT_TYPE {
-            return Err(within(FieldViolation::new(
-                "content_type",
-                format!("must be at most {MAX_CONTENT_TYPE} characters"),
-            )));
-        }
-        // Carry the publisher's trace to the consumer unless the caller set it explicitly.
-        if !headers.contains_key(trace_context::TRACEPARENT) {
-            headers.extend(trace.iter().map(|(k, v)| (k.clone(), v.clone())));
-        }
-        Ok(Outgoing {
-            topic,
-            priority,
-            headers,
-            payload: message.payload,
-            idempotency_key,
-            delay,
-            content_type: message.content_type,
-        })
     }
 
     async fn publish_validated(
@@ -150,7 +75,7 @@ impl BrokerService {
         let published = self.engine.publish(valid).await;
         for (position, outcome) in positions.into_iter().zip(published) {
             let topic = topics.get(position).cloned().unwrap_or_default();
-            record_publish(&topic, &outcome);
+            outgoing::record_publish(&topic, &outcome);
             if let Some(slot) = results.get_mut(position) {
                 *slot = Some(publish_result(topic, outcome));
             }
@@ -172,44 +97,6 @@ fn check_dead_letter_ids(ids: &[String]) -> Result<(), FieldViolation> {
         check_dead_letter_id(&format!("ids[{index}]"), id)?;
     }
     Ok(())
-}
-
-fn check_headers(field: &str, headers: &HashMap<String, String>) -> Result<(), FieldViolation> {
-    if headers.len() > MAX_HEADERS {
-        return Err(FieldViolation::new(
-            field,
-            format!("has {} entries; at most {MAX_HEADERS}", headers.len()),
-        ));
-    }
-    let total: usize = headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if total > MAX_HEADER_BYTES {
-        return Err(FieldViolation::new(
-            field,
-            format!("are {total} bytes; at most {MAX_HEADER_BYTES}"),
-        ));
-    }
-    if let Some(key) = headers.keys().find(|key| {
-        key.is_empty()
-            || key
-                .chars()
-                .any(|c| c.is_ascii_uppercase() || c.is_whitespace())
-    }) {
-        return Err(FieldViolation::new(
-            field,
-            format!("key {key:?} must be non-empty lowercase without spaces"),
-        ));
-    }
-    Ok(())
-}
-
-fn record_publish(topic: &str, outcome: &Result<Published, Error>) {
-    let result = match outcome {
-        Ok(published) if published.duplicate => "duplicate",
-        Ok(_) => "enqueued",
-        Err(Error::Full { .. }) => "refused",
-        Err(_) => "error",
-    };
-    metrics::counter!("tta_broker_published_total", "topic" => topic.to_owned(), "result" => result).increment(1);
 }
 
 fn publish_result(topic: String, outcome: Result<Published, Error>) -> pb::PublishResult {
@@ -261,18 +148,19 @@ impl Broker for BrokerService {
             .into_inner()
             .message
             .ok_or_else(|| FieldViolation::new("message", "is required"))?;
-        let outgoing = self.validate(
+        let outgoing = outgoing::validate(
+            self.engine.config(),
             &|| "message".to_owned(),
             message,
             None,
-            &current_trace_headers(),
+            &outgoing::current_trace_headers(),
         )?;
         let topic = outgoing.topic.clone();
         let mut outcomes = self.engine.publish(vec![outgoing]).await;
         let outcome = outcomes
             .pop()
             .unwrap_or_else(|| Err(Error::Corrupt("no publish result".into())));
-        record_publish(&topic, &outcome);
+        outgoing::record_publish(&topic, &outcome);
         let published = outcome?;
         Ok(Response::new(pb::PublishResponse {
             message_id: published.message_id,
@@ -296,12 +184,18 @@ impl Broker for BrokerService {
             )
             .into());
         }
-        let trace = current_trace_headers();
+        let trace = outgoing::current_trace_headers();
         let items = messages
             .into_iter()
             .enumerate()
             .map(|(index, message)| {
-                self.validate(&|| format!("messages[{index}]"), message, None, &trace)
+                outgoing::validate(
+                    self.engine.config(),
+                    &|| format!("messages[{index}]"),
+                    message,
+                    None,
+                    &trace,
+                )
             })
             .collect();
         let results = self.publish_validated(items).await;
@@ -343,12 +237,13 @@ impl Broker for BrokerService {
             )
             .into());
         }
-        let trace = current_trace_headers();
+        let trace = outgoing::current_trace_headers();
         let items = request
             .topics
             .iter()
             .map(|topic| {
-                self.validate(
+                outgoing::validate(
+                    self.engine.config(),
                     &|| "message".to_owned(),
                     message.clone(),
                     Some(topic),

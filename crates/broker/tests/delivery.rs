@@ -78,6 +78,67 @@ async fn delivers_high_before_normal_before_low_and_fifo_within_each() -> anyhow
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_prefetch_keeps_strict_priority_through_a_backlog() -> anyhow::Result<()> {
+    let mut harness = Harness::start("priority-backlog").await?;
+    let mut client = harness.client().await?;
+    let mut sequence = Vec::new();
+    for (priority, name) in [
+        (pb::Priority::Low, "low"),
+        (pb::Priority::Normal, "normal"),
+        (pb::Priority::High, "high"),
+    ] {
+        for n in 1..=3 {
+            sequence.push(message("backlog", priority, &format!("{name}-{n}")));
+        }
+    }
+    client
+        .publish_batch(pb::PublishBatchRequest { messages: sequence })
+        .await?;
+
+    // Two at a time: each read comes back full, so lower priorities must wait their turn.
+    let mut consumer = Consumer::subscribe(&mut client, "backlog", "c1", 2).await?;
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        let delivery = consumer.next(WAIT).await?;
+        received.push(payload_text(&delivery));
+        consumer.ack(&delivery.receipt).await?;
+    }
+    // A HIGH message published now overtakes the LOW ones still queued.
+    publish(
+        &mut client,
+        message("backlog", pb::Priority::High, "high-late"),
+    )
+    .await?;
+    for _ in 0..6 {
+        let delivery = consumer.next(WAIT).await?;
+        received.push(payload_text(&delivery));
+        consumer.ack(&delivery.receipt).await?;
+    }
+    let expected_head = ["high-1", "high-2", "high-3", "normal-1"];
+    assert_eq!(received[..4], expected_head, "{received:?}");
+    let late = received
+        .iter()
+        .position(|text| text == "high-late")
+        .ok_or_else(|| anyhow::anyhow!("the late HIGH message never came: {received:?}"))?;
+    let first_low = received
+        .iter()
+        .position(|text| text.starts_with("low"))
+        .ok_or_else(|| anyhow::anyhow!("no LOW message came: {received:?}"))?;
+    assert!(late < first_low, "{received:?}");
+    assert_eq!(
+        received
+            .iter()
+            .filter(|text| text.starts_with("low"))
+            .count(),
+        3,
+        "{received:?}"
+    );
+    consumer.expect_nothing(Duration::from_millis(300)).await?;
+    harness.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_competing_consumers_receive_each_of_ten_thousand_messages_exactly_once()
 -> anyhow::Result<()> {
     const TOTAL: usize = 10_000;

@@ -16,6 +16,9 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use tta_runtime::service::{EXIT_CONFIG, EXIT_FAILURE};
 
+#[global_allocator]
+static ALLOCATOR: tta_runtime::Allocator = tta_runtime::Allocator;
+
 /// Command line of the TTA orchestrator: play turns, check safety, operate and benchmark the
 /// services.
 ///

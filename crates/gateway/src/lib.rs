@@ -143,6 +143,19 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         })
         .await;
 
+    let seeded = workflows.clone();
+    context
+        .readiness
+        .add_check("workflows", move || {
+            let seeded = seeded.is_seeded();
+            async move {
+                seeded.then_some(()).ok_or_else(|| {
+                    "the built-in and configured workflows are not stored yet".to_owned()
+                })
+            }
+        })
+        .await;
+
     let instance = instance_name(&context);
     let publisher = Publisher::connect_lazy(&config.gateway.broker_endpoint)?;
     let dispatcher = dispatch::Dispatcher::new(

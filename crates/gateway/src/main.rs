@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tta_runtime::{ServiceArgs, ServiceKind, service::run_main};
 
+#[global_allocator]
+static ALLOCATOR: tta_runtime::Allocator = tta_runtime::Allocator;
+
 /// The TTA orchestrator gateway: the gRPC API that runs player turns through the agents.
 ///
 /// Configuration: built-in defaults, then the YAML file (--config or TTA_CONFIG), then TTA_*

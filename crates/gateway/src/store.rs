@@ -65,6 +65,46 @@ impl TurnState {
     }
 }
 
+/// A run record's fields: `response`, `workflow` and `step:<id>`.
+type RunFields = Vec<(String, Vec<u8>)>;
+
+fn parse_turn_state(
+    session: &str,
+    turn: &str,
+    raw_session: Option<Vec<u8>>,
+    run: RunFields,
+    mut history: Vec<String>,
+) -> Result<TurnState, Error> {
+    history.reverse();
+    let mut state = TurnState {
+        session: raw_session
+            .map(|bytes| {
+                pb::Session::decode(bytes.as_slice())
+                    .map_err(|err| Error::Corrupt(format!("session {session}: {err}")))
+            })
+            .transpose()?,
+        history,
+        ..TurnState::default()
+    };
+    for (field, bytes) in run {
+        if field == RESPONSE_FIELD {
+            state.response = Some(
+                pb::ProcessUserInputResponse::decode(bytes.as_slice())
+                    .map_err(|err| Error::Corrupt(format!("turn {turn}: {err}")))?,
+            );
+        } else if field == WORKFLOW_FIELD {
+            let text = String::from_utf8_lossy(&bytes);
+            state.workflow = Some(parse_workflow_field(turn, &text)?);
+        } else if field.starts_with("step:") {
+            state.steps.push(
+                pb::AgentResult::decode(bytes.as_slice())
+                    .map_err(|err| Error::Corrupt(format!("{field}: {err}")))?,
+            );
+        }
+    }
+    Ok(state)
+}
+
 fn parse_workflow_field(turn: &str, stored: &str) -> Result<(String, u32), Error> {
     stored
         .rsplit_once('@')
@@ -331,46 +371,50 @@ impl Store {
         turn: &str,
         window: usize,
     ) -> Result<TurnState, Error> {
-        type Fields = Vec<(String, Vec<u8>)>;
-        let (raw_session, run, mut history): (Option<Vec<u8>>, Fields, Vec<String>) = redis::pipe()
-            .cmd("GET")
+        let mut pipe = redis::pipe();
+        self.add_turn_reads(&mut pipe, session, turn, window);
+        let (raw_session, run, history): (Option<Vec<u8>>, RunFields, Vec<String>) =
+            pipe.query_async(&mut self.connection()).await?;
+        parse_turn_state(session, turn, raw_session, run, history)
+    }
+
+    /// Takes the session's lock if it is free and reads what the turn needs in the same round
+    /// trip; `None` when another turn holds the lock (wait for it with [`Self::lock`]). The
+    /// reads are only used when the lock was taken, so they see no half-finished turn.
+    pub async fn try_lock_and_load(
+        &self,
+        session: &str,
+        token: &LockToken,
+        hold: Duration,
+        turn: &str,
+        window: usize,
+    ) -> Result<Option<TurnState>, Error> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.lock_key(session))
+            .arg(token.value())
+            .arg("NX")
+            .arg("PX")
+            .arg(hold.as_millis() as u64);
+        self.add_turn_reads(&mut pipe, session, turn, window);
+        type Reply = (Option<String>, Option<Vec<u8>>, RunFields, Vec<String>);
+        let (taken, raw_session, run, history): Reply =
+            pipe.query_async(&mut self.connection()).await?;
+        if taken.is_none() {
+            return Ok(None);
+        }
+        parse_turn_state(session, turn, raw_session, run, history).map(Some)
+    }
+
+    fn add_turn_reads(&self, pipe: &mut redis::Pipeline, session: &str, turn: &str, window: usize) {
+        pipe.cmd("GET")
             .arg(self.session_key(session))
             .cmd("HGETALL")
             .arg(self.run_key(session, turn))
             .cmd("LRANGE")
             .arg(self.history_key(session))
             .arg(0)
-            .arg(window.saturating_sub(1))
-            .query_async(&mut self.connection())
-            .await?;
-        history.reverse();
-        let mut state = TurnState {
-            session: raw_session
-                .map(|bytes| {
-                    pb::Session::decode(bytes.as_slice())
-                        .map_err(|err| Error::Corrupt(format!("session {session}: {err}")))
-                })
-                .transpose()?,
-            history,
-            ..TurnState::default()
-        };
-        for (field, bytes) in run {
-            if field == RESPONSE_FIELD {
-                state.response = Some(
-                    pb::ProcessUserInputResponse::decode(bytes.as_slice())
-                        .map_err(|err| Error::Corrupt(format!("turn {turn}: {err}")))?,
-                );
-            } else if field == WORKFLOW_FIELD {
-                let text = String::from_utf8_lossy(&bytes);
-                state.workflow = Some(parse_workflow_field(turn, &text)?);
-            } else if field.starts_with("step:") {
-                state.steps.push(
-                    pb::AgentResult::decode(bytes.as_slice())
-                        .map_err(|err| Error::Corrupt(format!("{field}: {err}")))?,
-                );
-            }
-        }
-        Ok(state)
+            .arg(window.saturating_sub(1));
     }
 
     /// Records the turn's response and, if it is the first, saves the session and (when

@@ -27,7 +27,7 @@ use crate::{
     events::EventSink,
     guard::{Occasion, SafetyGuard},
     stats,
-    store::Store,
+    store::{Store, TurnState},
     workflow::{
         builtin,
         definition::Workflow,
@@ -146,37 +146,55 @@ impl TurnRunner {
             incarnation: self.incarnation.clone(),
             turn: request.turn_id.to_string(),
         };
+        let window = self.config.gateway.history_window;
+        let loaded = self
+            .store
+            .try_lock_and_load(
+                session_key,
+                &token,
+                budget * 3,
+                request.turn_id.as_str(),
+                window,
+            )
+            .await?;
         // A repeated turn_id waits for the lock too: if its first attempt is still running,
         // the repeat answers with that attempt's result (the contract's "the repeat waits").
-        if !self
-            .store
-            .lock(session_key, &token, budget * 2, budget * 3)
-            .await?
+        if loaded.is_none()
+            && !self
+                .store
+                .lock(session_key, &token, budget * 2, budget * 3)
+                .await?
         {
             return Err(Error::Busy(format!(
                 "session {} is busy with another turn (retry after 100 ms)",
                 request.session_id
             )));
         }
-        let outcome = self.run_locked(&request, events).await;
+        let outcome = self.run_locked(&request, loaded, events).await;
         if let Err(err) = self.store.unlock(session_key, &token).await {
             tracing::warn!(session = %request.session_id, error = %err, "cannot release the session lock; it expires by itself");
         }
         outcome
     }
 
+    /// `loaded` is the turn's state when it was read together with taking the lock.
     async fn run_locked(
         &self,
         request: &TurnRequest,
+        loaded: Option<TurnState>,
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let started = Instant::now();
         let session_key = request.session_id.as_str();
         let turn_key = request.turn_id.as_str();
-        let state = self
-            .store
-            .load_turn(session_key, turn_key, self.config.gateway.history_window)
-            .await?;
+        let state = match loaded {
+            Some(state) => state,
+            None => {
+                self.store
+                    .load_turn(session_key, turn_key, self.config.gateway.history_window)
+                    .await?
+            }
+        };
         // This turn_id finished before (on any replica): the same answer again.
         if let Some(mut done) = state.response {
             done.replayed = true;

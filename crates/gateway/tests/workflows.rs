@@ -181,7 +181,6 @@ impl Harness {
         let publisher = Publisher::connect_lazy(&self.broker_url).unwrap();
         let worker = Arc::new(Worker {
             agent: AgentId::new(agent_type.parse::<AgentType>().unwrap(), instance).unwrap(),
-            publisher: publisher.clone(),
             runner: Arc::new(Scripted {
                 script: Arc::new(script),
                 delay: Box::new(delay),

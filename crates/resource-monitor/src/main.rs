@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tta_runtime::{ServiceArgs, ServiceKind, service::run_main};
 
+#[global_allocator]
+static ALLOCATOR: tta_runtime::Allocator = tta_runtime::Allocator;
+
 /// Per-host resource monitor of the TTA orchestrator.
 ///
 /// Configuration: built-in defaults, then the YAML file (--config or TTA_CONFIG), then TTA_*

@@ -12,6 +12,7 @@ use tokio::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, transport::Channel};
+use tracing::Instrument;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
 
 use crate::{grpc, shutdown::Shutdown, trace_context};
@@ -23,7 +24,7 @@ pub struct Publisher {
 }
 
 /// One message to publish.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outgoing {
     pub topic: String,
     pub payload: Vec<u8>,
@@ -48,23 +49,30 @@ impl Publisher {
 
     /// Publishes one message with the current trace context in its headers; returns its id.
     pub async fn publish(&self, message: Outgoing) -> Result<String, Status> {
-        let mut headers = message.headers;
-        if !headers.contains_key(trace_context::TRACEPARENT) {
-            trace_context::inject_into_map(&tracing::Span::current(), &mut headers);
-        }
         let request = pb::PublishRequest {
-            message: Some(pb::OutgoingMessage {
-                topic: message.topic,
-                priority: message.priority as i32,
-                headers,
-                payload: message.payload,
-                idempotency_key: message.idempotency_key.unwrap_or_default(),
-                delay: None,
-                content_type: message.content_type,
-            }),
+            message: Some(message.into_proto()),
         };
         let response = self.client.clone().publish(request).await?;
         Ok(response.into_inner().message_id)
+    }
+}
+
+impl Outgoing {
+    /// The wire form, carrying the current span's trace context unless one is set already.
+    pub fn into_proto(self) -> pb::OutgoingMessage {
+        let mut headers = self.headers;
+        if !headers.contains_key(trace_context::TRACEPARENT) {
+            trace_context::inject_into_map(&tracing::Span::current(), &mut headers);
+        }
+        pb::OutgoingMessage {
+            topic: self.topic,
+            priority: self.priority as i32,
+            headers,
+            payload: self.payload,
+            idempotency_key: self.idempotency_key.unwrap_or_default(),
+            delay: None,
+            content_type: self.content_type,
+        }
     }
 }
 
@@ -73,6 +81,10 @@ impl Publisher {
 pub enum Settle {
     /// The effect is durable: done.
     Ack,
+    /// Done, and this is what came of it: the broker publishes the message and then acks, in
+    /// one step, so the result cannot be lost between the two (nor published without the ack
+    /// following; a failed publish means a transient nack and another attempt).
+    Reply(Box<Outgoing>),
     /// Failed, try again later (with the broker's backoff).
     Retry(String),
     /// Failed for good: dead-letter it.
@@ -196,25 +208,49 @@ async fn consume_once(
         };
         let handler = handler.clone();
         let frames = frames.clone();
-        running.spawn(async move {
-            let receipt = delivery.receipt.clone();
-            let frame = match handler(delivery).await {
-                Settle::Ack => pb::consume_request::Frame::Ack(pb::AckFrame {
-                    receipt,
-                    receipts: Vec::new(),
-                }),
-                Settle::Retry(reason) => nack(receipt, pb::NackKind::Transient, reason),
-                Settle::Reject(reason) => nack(receipt, pb::NackKind::Permanent, reason),
-            };
-            // If the stream is gone the lease expires and the message is redelivered.
-            let _ = frames.send(pb::ConsumeRequest { frame: Some(frame) }).await;
-            drop(permit);
-        });
+        let span = delivery_span(&subscription.topic, &delivery);
+        running.spawn(
+            async move {
+                let receipt = delivery.receipt.clone();
+                let frame = match handler(delivery).await {
+                    Settle::Ack => pb::consume_request::Frame::Ack(pb::AckFrame {
+                        receipt,
+                        receipts: Vec::new(),
+                    }),
+                    // Built inside the delivery's span: the reply continues its trace.
+                    Settle::Reply(message) => pb::consume_request::Frame::Reply(pb::ReplyFrame {
+                        receipt,
+                        publish: vec![message.into_proto()],
+                    }),
+                    Settle::Retry(reason) => nack(receipt, pb::NackKind::Transient, reason),
+                    Settle::Reject(reason) => nack(receipt, pb::NackKind::Permanent, reason),
+                };
+                // If the stream is gone the lease expires and the message is redelivered.
+                let _ = frames.send(pb::ConsumeRequest { frame: Some(frame) }).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
         while running.try_join_next().is_some() {}
     };
     // Let handlers in flight settle before the stream closes.
     while running.join_next().await.is_some() {}
     outcome
+}
+
+/// A span per delivery that continues the publisher's trace (its `traceparent` header).
+fn delivery_span(topic: &str, delivery: &pb::Delivery) -> tracing::Span {
+    let message = delivery.message.as_ref();
+    let span = tracing::info_span!(
+        "delivery",
+        topic,
+        message_id = message.map_or("", |message| message.id.as_str()),
+        attempt = message.map_or(0, |message| message.attempts),
+    );
+    if let Some(message) = message {
+        trace_context::set_parent_from_map(&span, &message.headers);
+    }
+    span
 }
 
 fn nack(receipt: String, kind: pb::NackKind, reason: String) -> pb::consume_request::Frame {

@@ -195,7 +195,6 @@ async fn a_blocked_narrative_is_regenerated_and_the_player_never_reads_it() -> a
     let publisher = Publisher::connect_lazy(&stack.broker_url())?;
     let worker = Arc::new(Worker {
         agent: AgentId::new(AgentType::Nga, "scripted-nga")?,
-        publisher: publisher.clone(),
         runner: narrator.clone(),
         task_timeout: Duration::from_secs(5),
     });

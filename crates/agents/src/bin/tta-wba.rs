@@ -5,6 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tta_runtime::{ServiceArgs, service::BuiltInAgent};
 
+#[global_allocator]
+static ALLOCATOR: tta_runtime::Allocator = tta_runtime::Allocator;
+
 /// The World Builder Agent worker: keeps each session's world state.
 ///
 /// Configuration: built-in defaults, then the YAML file (--config or TTA_CONFIG), then TTA_*

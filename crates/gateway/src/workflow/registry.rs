@@ -11,7 +11,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -60,6 +63,9 @@ pub struct WorkflowRegistry {
     latest: ArcSwap<HashMap<String, Arc<Workflow>>>,
     /// Any version asked for by number; versions never change once written.
     versions: Mutex<HashMap<(String, u32), Arc<Workflow>>>,
+    /// Set once the seed workflows are stored: before that a turn could find its workflow
+    /// missing, so the replica reports not ready.
+    seeded: AtomicBool,
 }
 
 impl std::fmt::Debug for WorkflowRegistry {
@@ -79,7 +85,13 @@ impl WorkflowRegistry {
             script: redis::Script::new(REGISTER),
             latest: ArcSwap::from_pointee(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            seeded: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the seed workflows (built-in and the workflows file) are stored and loaded.
+    pub fn is_seeded(&self) -> bool {
+        self.seeded.load(Ordering::Acquire)
     }
 
     pub fn defaults(&self) -> Defaults {
@@ -122,7 +134,9 @@ impl WorkflowRegistry {
                 }
             }
         }
-        self.refresh().await
+        self.refresh().await?;
+        self.seeded.store(true, Ordering::Release);
+        Ok(())
     }
 
     async fn latest_version(&self, name: &str) -> Result<u32, Error> {
