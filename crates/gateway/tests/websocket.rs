@@ -195,7 +195,6 @@ fn spawn_teller(
     let publisher = Publisher::connect_lazy(broker_url).unwrap();
     let worker = Arc::new(Worker {
         agent: AgentId::new("teller".parse::<AgentType>().unwrap(), "teller-1").unwrap(),
-        publisher: publisher.clone(),
         runner: Arc::new(Teller { runs, gate }),
         task_timeout: Duration::from_secs(10),
     });
