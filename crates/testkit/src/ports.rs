@@ -1,10 +1,49 @@
 //! Free loopback ports for servers that must be told their port up front (a `redis-server`, a
-//! service binary). Another process could take the port between this call and the bind; the
-//! window is tiny and callers retry start-up on a new port when it happens.
+//! service binary).
+//!
+//! Ports come from below the kernel's ephemeral range: a port the kernel hands out for port 0
+//! is also what it hands out as the local port of outgoing connections, and with many tests
+//! connecting at once such a port was often taken again before the server bound it. Below the
+//! range only another test choosing the same random port can collide, and callers retry
+//! start-up on a new port when it happens.
 
 use std::net::TcpListener;
 
+/// Where the kernel's ephemeral range starts on Linux unless configured otherwise.
+const DEFAULT_EPHEMERAL_START: u16 = 32768;
+/// The lowest port handed out: well above the ports of installed services.
+const LOWEST: u16 = 15000;
+
 pub fn free_port() -> std::io::Result<u16> {
+    let ceiling = ephemeral_start().unwrap_or(DEFAULT_EPHEMERAL_START);
+    if ceiling > LOWEST + 1000 {
+        for _ in 0..64 {
+            let port = fastrand::u16(LOWEST..ceiling);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // Nothing free below the range (or no room there): let the kernel choose.
     let listener = TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
+}
+
+fn ephemeral_start() -> Option<u16> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_port_can_be_bound_and_lies_below_the_ephemeral_range() -> std::io::Result<()> {
+        let port = free_port()?;
+        let ceiling = ephemeral_start().unwrap_or(DEFAULT_EPHEMERAL_START);
+        assert!(port < ceiling, "{port} is in the ephemeral range");
+        TcpListener::bind(("127.0.0.1", port))?;
+        Ok(())
+    }
 }

@@ -25,7 +25,27 @@ impl Running {
         self.process = ServiceProcess::spawn(self.binary, &self.args, &self.env)?;
         wait_ready(self).await
     }
+
+    /// Waits until it is ready. A port chosen for it may have been taken by another test
+    /// before it bound it: then it starts again on fresh ports.
+    async fn started(mut self) -> anyhow::Result<Self> {
+        let mut attempts = 0;
+        loop {
+            match wait_ready(&self).await {
+                Ok(()) => return Ok(self),
+                Err(_) if attempts < 2 && self.process.logs().contains(ADDRESS_IN_USE) => {
+                    attempts += 1;
+                    self.process.kill();
+                    self = spawn(self.binary, self.grpc.is_some(), self.env.clone())?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
 }
+
+/// How a service binary reports a port that is taken (the OS error text).
+const ADDRESS_IN_USE: &str = "Address already in use";
 
 /// Broker, gateway and the three built-in workers, as real processes on free ports; with
 /// [`Stack::start_on_hosts`], a resource monitor per simulated host as well.
@@ -164,8 +184,7 @@ impl Stack {
             ("TTA_BROKER__RETRY__BASE_DELAY", "100ms".to_owned()),
         ];
         common.extend(extra_env.iter().cloned());
-        let broker = spawn("tta-broker", true, common.clone())?;
-        wait_ready(&broker).await?;
+        let broker = spawn("tta-broker", true, common.clone())?.started().await?;
         let broker_url = format!("http://{}", broker.grpc.context("broker without grpc")?);
 
         let mut with_broker = common.clone();
@@ -196,10 +215,16 @@ impl Stack {
         }
         with_broker.push(("TTA_GATEWAY__CAPACITY_REFRESH", HOST_REFRESH.to_owned()));
         let gateway = spawn("tta-gateway", true, with_broker)?;
-        for process in monitors.iter().chain(&workers) {
-            wait_ready(process).await?;
+        let mut monitors_ready = Vec::with_capacity(monitors.len());
+        for process in monitors {
+            monitors_ready.push(process.started().await?);
         }
-        wait_ready(&gateway).await?;
+        let mut workers_ready = Vec::with_capacity(workers.len());
+        for process in workers {
+            workers_ready.push(process.started().await?);
+        }
+        let gateway = gateway.started().await?;
+        let (monitors, workers) = (monitors_ready, workers_ready);
         Ok(Self {
             broker,
             gateway,
