@@ -47,8 +47,9 @@ demo: deps ## Run the stack and play a scripted session, printing each reply and
 
 .PHONY: bench
 bench: deps ## Run the benchmarks on a release build (each prints its same-run baseline and ratio)
-	$(CARGO) build --release --locked -p tta-cli -p tta-broker -p tta-resource-monitor -p tta-tool-registry
+	$(CARGO) build --release --locked -p tta-cli -p tta-broker -p tta-resource-monitor -p tta-tool-registry -p tta-gateway -p tta-agents
 	target/release/tta bench broker
+	target/release/tta bench turns
 	target/release/tta bench safety
 	target/release/tta bench monitor
 	target/release/tta bench tools
