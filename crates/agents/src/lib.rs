@@ -2,8 +2,8 @@
 //! process: it consumes `agent.<type>` from the broker, runs its [`engines`] engine and
 //! answers with the result, which the broker stores on the task's reply topic before it acks the
 //! task ([`worker`]); the WBA keeps each session's world in Redis, applied once per turn
-//! ([`state`]). The IPA and NGA can
-//! ask an OpenAI-compatible endpoint instead, with the built-in engine as fallback ([`llm`]).
+//! ([`state`]). The IPA and NGA can ask an OpenAI-compatible endpoint instead, with the
+//! built-in engine as fallback ([`llm`]).
 
 pub mod engines;
 pub mod llm;
