@@ -301,12 +301,11 @@ async fn settle(
     let mut messages = Vec::new();
     // Per valid reply: its receipt and how many of `messages` are its own.
     let mut owners: Vec<(String, usize)> = Vec::new();
-    for reply in replies {
-        Receipt::parse("reply.receipt", &reply.receipt)?;
-        let checked = check_reply(engine, &reply, &no_trace);
-        match checked {
+    for pb::ReplyFrame { receipt, publish } in replies {
+        Receipt::parse("reply.receipt", &receipt)?;
+        match check_reply(engine, publish, &no_trace) {
             Ok(valid) => {
-                owners.push((reply.receipt, valid.len()));
+                owners.push((receipt, valid.len()));
                 messages.extend(valid);
             }
             Err(violation) => {
@@ -315,7 +314,7 @@ async fn settle(
                     engine,
                     settings,
                     flow,
-                    &reply.receipt,
+                    &receipt,
                     true,
                     &violation.to_string(),
                     None,
@@ -368,27 +367,26 @@ async fn settle(
 /// The messages of a reply, checked as a publish would check them.
 fn check_reply(
     engine: &Engine,
-    reply: &pb::ReplyFrame,
+    publish: Vec<pb::OutgoingMessage>,
     trace: &outgoing::TraceHeaders,
 ) -> Result<Vec<crate::engine::Outgoing>, FieldViolation> {
-    if reply.publish.is_empty() || reply.publish.len() > MAX_REPLY_MESSAGES {
+    if publish.is_empty() || publish.len() > MAX_REPLY_MESSAGES {
         return Err(FieldViolation::new(
             "reply.publish",
             format!(
                 "must hold 1 to {MAX_REPLY_MESSAGES} messages, got {}",
-                reply.publish.len()
+                publish.len()
             ),
         ));
     }
-    reply
-        .publish
-        .iter()
+    publish
+        .into_iter()
         .enumerate()
         .map(|(index, message)| {
             outgoing::validate(
                 engine.config(),
                 &|| format!("reply.publish[{index}]"),
-                message.clone(),
+                message,
                 None,
                 trace,
             )

@@ -6,7 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Consumer, Harness, WAIT, attempts, dead_letters, message, payload_text, publish};
-use tta_proto::v1 as pb;
+use tonic::transport::Channel;
+use tta_proto::v1::{self as pb, broker_client::BrokerClient};
 
 fn reply(receipt: &str, messages: Vec<pb::OutgoingMessage>) -> pb::consume_request::Frame {
     pb::consume_request::Frame::Reply(pb::ReplyFrame {
@@ -15,24 +16,27 @@ fn reply(receipt: &str, messages: Vec<pb::OutgoingMessage>) -> pb::consume_reque
     })
 }
 
+/// Publishes a task to `tasks` and has a worker take it and answer it with `answer`.
+async fn answer_a_task(
+    client: &mut BrokerClient<Channel>,
+    answer: pb::OutgoingMessage,
+) -> anyhow::Result<Consumer> {
+    publish(client, message("tasks", pb::Priority::Normal, "question")).await?;
+    let mut worker = Consumer::subscribe(client, "tasks", "worker", 4).await?;
+    let task = worker.next(WAIT).await?;
+    worker.send(reply(&task.receipt, vec![answer])).await?;
+    Ok(worker)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_publishes_its_message_and_then_acks_the_delivery() -> anyhow::Result<()> {
     let mut harness = Harness::start("reply").await?;
     let mut client = harness.client().await?;
-    publish(
+    let mut worker = answer_a_task(
         &mut client,
-        message("tasks", pb::Priority::Normal, "question"),
+        message("answers", pb::Priority::High, "answer"),
     )
     .await?;
-
-    let mut worker = Consumer::subscribe(&mut client, "tasks", "worker", 4).await?;
-    let task = worker.next(WAIT).await?;
-    worker
-        .send(reply(
-            &task.receipt,
-            vec![message("answers", pb::Priority::High, "answer")],
-        ))
-        .await?;
 
     let mut asker = Consumer::subscribe(&mut client, "answers", "asker", 4).await?;
     let answer = asker.next(WAIT).await?;
@@ -103,20 +107,8 @@ async fn a_reply_that_cannot_be_published_leaves_its_delivery_to_come_again() ->
 async fn an_invalid_reply_dead_letters_its_delivery_naming_the_field() -> anyhow::Result<()> {
     let mut harness = Harness::start("reply-invalid").await?;
     let mut client = harness.client().await?;
-    publish(
-        &mut client,
-        message("tasks", pb::Priority::Normal, "question"),
-    )
-    .await?;
-
-    let mut worker = Consumer::subscribe(&mut client, "tasks", "worker", 4).await?;
-    let task = worker.next(WAIT).await?;
-    worker
-        .send(reply(
-            &task.receipt,
-            vec![message("", pb::Priority::Normal, "answer")],
-        ))
-        .await?;
+    let mut worker =
+        answer_a_task(&mut client, message("", pb::Priority::Normal, "answer")).await?;
 
     let letters = tta_testkit::wait_until(WAIT, "the task to be dead-lettered", || {
         let mut client = client.clone();

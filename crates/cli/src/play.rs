@@ -149,17 +149,8 @@ pub async fn play(config: ConfigArgs, target: GatewayTarget, args: PlayArgs) -> 
     );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
-    loop {
-        print!("> ");
-        let _ = std::io::stdout().flush();
-        let Some(Ok(line)) = lines.next() else { break };
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        if matches!(text, "quit" | "exit") {
-            break;
-        }
+    while let Some(line) = crate::play::next_move(&mut lines) {
+        let text = line.as_str();
         let request = pb::ProcessUserInputRequest {
             session_id: session.clone(),
             user_id: target.user.clone(),
@@ -178,4 +169,22 @@ pub async fn play(config: ConfigArgs, target: GatewayTarget, args: PlayArgs) -> 
     }
     println!("take care — session {session} is saved");
     ExitCode::SUCCESS
+}
+
+/// Prompts for and reads the player's next move: `None` at end of input or on `quit`/`exit`;
+/// empty lines are skipped.
+pub fn next_move(lines: &mut impl Iterator<Item = std::io::Result<String>>) -> Option<String> {
+    loop {
+        print!("> ");
+        let _ = std::io::stdout().flush();
+        let line = lines.next()?.ok()?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if matches!(text, "quit" | "exit") {
+            return None;
+        }
+        return Some(text.to_owned());
+    }
 }

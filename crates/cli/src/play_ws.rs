@@ -44,17 +44,8 @@ pub async fn play(url: String, user: String, session: String) -> ExitCode {
     );
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
-    loop {
-        print!("> ");
-        let _ = std::io::stdout().flush();
-        let Some(Ok(line)) = lines.next() else { break };
-        let text = line.trim();
-        if text.is_empty() {
-            continue;
-        }
-        if matches!(text, "quit" | "exit") {
-            break;
-        }
+    while let Some(line) = crate::play::next_move(&mut lines) {
+        let text = line.as_str();
         let turn_id = tta_types::TurnId::generate().to_string();
         let turn = json!({
             "type": "turn",

@@ -173,6 +173,19 @@ impl Store {
         self.connection.clone()
     }
 
+    /// One protobuf message stored in a field of a run record, if it is there.
+    async fn run_field<M: Message + Default>(
+        &self,
+        session: &str,
+        turn: &str,
+        field: &str,
+        what: &str,
+    ) -> Result<Option<M>, Error> {
+        let mut command = redis::cmd("HGET");
+        command.arg(self.run_key(session, turn)).arg(field);
+        self.fetch(command, what).await
+    }
+
     /// Runs a command that answers one stored protobuf message (or nothing) and decodes it;
     /// `what` names it in the error if the bytes are not that message.
     async fn fetch<M: Message + Default>(
@@ -297,9 +310,8 @@ impl Store {
         session: &str,
         turn: &str,
     ) -> Result<Option<pb::ProcessUserInputResponse>, Error> {
-        let mut command = redis::cmd("HGET");
-        command.arg(self.run_key(session, turn)).arg(RESPONSE_FIELD);
-        self.fetch(command, &format!("turn {turn}")).await
+        self.run_field(session, turn, RESPONSE_FIELD, &format!("turn {turn}"))
+            .await
     }
 
     /// Keeps a turn's request in its run record (the first one stored wins), so a client that
@@ -309,20 +321,13 @@ impl Store {
         &self,
         request: &pb::ProcessUserInputRequest,
     ) -> Result<(), Error> {
-        let key = self.run_key(&request.session_id, &request.turn_id);
-        let _: () = redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg(REQUEST_FIELD)
-            .arg(request.encode_to_vec())
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(RUN_RETENTION.as_millis() as u64)
-            .ignore()
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(())
+        self.keep_in_run(
+            &request.session_id,
+            &request.turn_id,
+            REQUEST_FIELD,
+            request.encode_to_vec(),
+        )
+        .await
     }
 
     /// The request [`Store::remember_request`] kept for a turn.
@@ -331,10 +336,13 @@ impl Store {
         session: &str,
         turn: &str,
     ) -> Result<Option<pb::ProcessUserInputRequest>, Error> {
-        let mut command = redis::cmd("HGET");
-        command.arg(self.run_key(session, turn)).arg(REQUEST_FIELD);
-        self.fetch(command, &format!("request of turn {turn}"))
-            .await
+        self.run_field(
+            session,
+            turn,
+            REQUEST_FIELD,
+            &format!("request of turn {turn}"),
+        )
+        .await
     }
 
     /// Records which workflow version the turn runs, unless an earlier attempt already did;
@@ -456,22 +464,42 @@ impl Store {
         turn: &str,
         step: &str,
     ) -> Result<Option<pb::AgentResult>, Error> {
-        let mut command = redis::cmd("HGET");
-        command
-            .arg(self.run_key(session, turn))
-            .arg(format!("step:{step}"));
-        self.fetch(command, &format!("step {step}")).await
+        self.run_field(
+            session,
+            turn,
+            &format!("step:{step}"),
+            &format!("step {step}"),
+        )
+        .await
     }
 
     /// Records a step result; the first one stored for a step wins (a redelivered task may
     /// answer twice).
     pub async fn record_step(&self, result: &pb::AgentResult) -> Result<(), Error> {
-        let key = self.run_key(&result.session_id, &result.turn_id);
+        self.keep_in_run(
+            &result.session_id,
+            &result.turn_id,
+            &format!("step:{}", result.step_id),
+            result.encode_to_vec(),
+        )
+        .await
+    }
+
+    /// Writes one field of a run record unless it is there already, and keeps the record for
+    /// the retention period.
+    async fn keep_in_run(
+        &self,
+        session: &str,
+        turn: &str,
+        field: &str,
+        value: Vec<u8>,
+    ) -> Result<(), Error> {
+        let key = self.run_key(session, turn);
         let _: () = redis::pipe()
             .cmd("HSETNX")
             .arg(&key)
-            .arg(format!("step:{}", result.step_id))
-            .arg(result.encode_to_vec())
+            .arg(field)
+            .arg(value)
             .ignore()
             .cmd("PEXPIRE")
             .arg(&key)

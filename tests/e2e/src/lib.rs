@@ -5,6 +5,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
+use tonic::transport::Channel;
+use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
 use tta_testkit::{ServiceProcess, free_port, http_get, wait_until};
 
 /// One service process of a stack, with its addresses.
@@ -260,4 +262,20 @@ impl Stack {
                 .unwrap_or_default()
         )
     }
+}
+
+/// The stored version of a session (it grows by one per applied turn), asked over gRPC.
+pub async fn session_version(
+    client: &mut OrchestratorClient<Channel>,
+    session: &str,
+) -> anyhow::Result<u64> {
+    Ok(client
+        .get_session(pb::GetSessionRequest {
+            session_id: session.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .session
+        .context("no session")?
+        .version)
 }

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, ensure};
 use tonic::{Code, transport::Channel};
-use tta_e2e::Stack;
+use tta_e2e::{Stack, session_version};
 use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
 use tta_testkit::RedisServer;
 
@@ -52,21 +52,6 @@ impl Session {
 }
 
 /// The session's world version, as the gateway reports it.
-async fn session_version(
-    client: &mut OrchestratorClient<Channel>,
-    session: &str,
-) -> anyhow::Result<u64> {
-    Ok(client
-        .get_session(pb::GetSessionRequest {
-            session_id: session.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?
-        .version)
-}
-
 fn world(response: &pb::ProcessUserInputResponse) -> anyhow::Result<&pb::WorldSummary> {
     response
         .world

@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
-use tta_e2e::Stack;
+use tta_e2e::{Stack, session_version};
 use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
 use tta_testkit::RedisServer;
 
@@ -70,19 +70,6 @@ fn turn(session: &str, turn_id: &str, text: &str) -> Value {
     })
 }
 
-async fn session_version(stack: &Stack, session: &str) -> anyhow::Result<u64> {
-    let mut client = OrchestratorClient::connect(stack.gateway_url()).await?;
-    Ok(client
-        .get_session(pb::GetSessionRequest {
-            session_id: session.to_owned(),
-        })
-        .await?
-        .into_inner()
-        .session
-        .context("no session")?
-        .version)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_resumed_over_a_new_socket_after_a_gateway_restart_is_applied_once()
 -> anyhow::Result<()> {
@@ -99,7 +86,11 @@ async fn a_turn_resumed_over_a_new_socket_after_a_gateway_restart_is_applied_onc
         .and_then(|exits| exits.iter().find(|exit| exit["open"] == true))
         .cloned()
         .with_context(|| format!("no open exit in {first}"))?;
-    let version_before = session_version(&stack, session).await?;
+    let version_before = session_version(
+        &mut OrchestratorClient::connect(stack.gateway_url()).await?,
+        session,
+    )
+    .await?;
 
     // Hold the move in its last step, kill the gateway while the client follows it, then let
     // the step finish and bring the gateway back.
@@ -145,7 +136,11 @@ async fn a_turn_resumed_over_a_new_socket_after_a_gateway_restart_is_applied_onc
         "a second resume must replay the one result: {again}"
     );
 
-    let version_after = session_version(&stack, session).await?;
+    let version_after = session_version(
+        &mut OrchestratorClient::connect(stack.gateway_url()).await?,
+        session,
+    )
+    .await?;
     ensure!(
         version_after == version_before + 1,
         "the move must apply exactly once: {version_before} → {version_after}"

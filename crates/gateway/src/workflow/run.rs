@@ -65,6 +65,19 @@ struct StepRun {
     error: String,
 }
 
+impl StepRun {
+    /// A step that ended with nothing to pass on (skipped, timed out, failed).
+    fn without_output(outcome: pb::StepOutcome, attempts: u32, error: impl Into<String>) -> Self {
+        Self {
+            outcome,
+            output: None,
+            attempts,
+            agent: None,
+            error: error.into(),
+        }
+    }
+}
+
 enum State {
     Waiting,
     Running,
@@ -117,13 +130,7 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
                     progressed = true;
                     outcome.timings.push(timing(
                         step,
-                        &StepRun {
-                            outcome: pb::StepOutcome::Skipped,
-                            output: None,
-                            attempts: 0,
-                            agent: None,
-                            error: String::new(),
-                        },
+                        &StepRun::without_output(pb::StepOutcome::Skipped, 0, ""),
                         Duration::ZERO,
                     ));
                 }
@@ -147,13 +154,11 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
                         .push(format!("{id}: no answer in time"));
                     outcome.timings.push(timing(
                         step,
-                        &StepRun {
-                            outcome: pb::StepOutcome::TimedOut,
-                            output: None,
-                            attempts: 1,
-                            agent: None,
-                            error: "the workflow's total_timeout passed".to_owned(),
-                        },
+                        &StepRun::without_output(
+                            pb::StepOutcome::TimedOut,
+                            1,
+                            "the workflow's total_timeout passed",
+                        ),
                         input.deadline.saturating_duration_since(Instant::now()),
                     ));
                 }
@@ -300,13 +305,11 @@ async fn run_attempts(
     for attempt in 1..=attempts {
         let remaining = input.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return StepRun {
-                outcome: pb::StepOutcome::TimedOut,
-                output: None,
-                attempts: attempt - 1,
-                agent: None,
-                error: "no time left in the run".to_owned(),
-            };
+            return StepRun::without_output(
+                pb::StepOutcome::TimedOut,
+                attempt - 1,
+                "no time left in the run",
+            );
         }
         let budget = step.timeout.min(remaining);
         // A step that needs capabilities goes to one instance that has them (R8.1), chosen
@@ -320,17 +323,15 @@ async fn run_attempts(
             {
                 Ok(Some(topic)) => topic,
                 Ok(None) => {
-                    return StepRun {
-                        outcome: pb::StepOutcome::Failed,
-                        output: None,
-                        attempts: attempt - 1,
-                        agent: None,
-                        error: format!(
+                    return StepRun::without_output(
+                        pb::StepOutcome::Failed,
+                        attempt - 1,
+                        format!(
                             "no live {} agent advertises {}",
                             step.agent_type,
                             step.required_capabilities.join(", ")
                         ),
-                    };
+                    );
                 }
                 Err(err) => {
                     last_error = format!("cannot read the agent registry: {err}");
@@ -343,16 +344,14 @@ async fn run_attempts(
             }
         };
         let Some(permit) = dispatcher.breakers().admit(&step.agent_type) else {
-            return StepRun {
-                outcome: pb::StepOutcome::Failed,
-                output: None,
-                attempts: attempt - 1,
-                agent: None,
-                error: format!(
+            return StepRun::without_output(
+                pb::StepOutcome::Failed,
+                attempt - 1,
+                format!(
                     "{} agents are isolated after repeated failures (circuit open)",
                     step.agent_type
                 ),
-            };
+            );
         };
         input.events.step_started(step, attempt);
         let task = pb::AgentTask {
@@ -426,13 +425,7 @@ async fn run_attempts(
             tokio::time::sleep(backoff.min(remaining)).await;
         }
     }
-    StepRun {
-        outcome: last_outcome,
-        output: None,
-        attempts,
-        agent: None,
-        error: last_error,
-    }
+    StepRun::without_output(last_outcome, attempts, last_error)
 }
 
 /// `base · 2^(attempt-1)`, with ±20 % jitter so retries of many turns do not line up.
