@@ -5,12 +5,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use tta_runtime::service::ServiceKind;
-use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_until};
-
-async fn ready_status(admin: std::net::SocketAddr) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = http_get(admin, "/ready").await.ok()?;
-    Some((status, serde_json::from_str(&body).ok()?))
-}
+use tta_testkit::{RedisServer, ready_report, start_in_process, test_config, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_is_not_ready_until_its_workflows_are_stored() -> anyhow::Result<()> {
@@ -25,7 +20,7 @@ async fn a_gateway_is_not_ready_until_its_workflows_are_stored() -> anyhow::Resu
     // Redis came back: the gateway must still say "not ready" until the seed is stored, and
     // "ready" with every check "ok" after.
     let (status, report) = wait_until(Duration::from_secs(10), "a readiness answer", || async {
-        ready_status(admin).await
+        ready_report(admin).await
     })
     .await?;
     ensure!(status == 503, "{report}");
@@ -36,7 +31,7 @@ async fn a_gateway_is_not_ready_until_its_workflows_are_stored() -> anyhow::Resu
         Duration::from_secs(20),
         "ready once redis is back and the workflows are stored",
         || async {
-            ready_status(admin)
+            ready_report(admin)
                 .await
                 .filter(|(status, _)| *status == 200)
         },

@@ -26,7 +26,7 @@ use tta_runtime::{
     messaging::{self, Publisher, Subscription},
     service::{RunningService, ServiceKind},
 };
-use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_until};
+use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_ready, wait_until};
 use tta_types::{AgentId, AgentType};
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -112,22 +112,8 @@ impl Harness {
         let (gate, opened) = watch::channel(false);
         spawn_teller(&broker_url, runs.clone(), opened, shutdown.clone());
 
-        // The built-in workflows are stored in the background; registration needs the registry.
-        wait_until(Duration::from_secs(10), "workflow registry ready", || {
-            let mut client = client.clone();
-            async move {
-                client
-                    .get_workflow(pb::GetWorkflowRequest {
-                        name: "collaborative".to_owned(),
-                        version: 0,
-                    })
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await
-        .unwrap();
+        // The built-in workflows are stored in the background; ready means they are there.
+        wait_ready(admin, Duration::from_secs(10)).await.unwrap();
         // Turns name this workflow: routing works on a snapshot refreshed every second, an
         // explicit name is looked up at once.
         client

@@ -21,7 +21,7 @@ use tta_runtime::{
     messaging::{self, Publisher, Subscription},
     service::{RunningService, ServiceKind},
 };
-use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_until};
+use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_ready};
 use tta_types::{AgentId, AgentType};
 
 type Script = Arc<dyn Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync>;
@@ -82,6 +82,7 @@ impl Harness {
         let gateway = start_in_process(ServiceKind::Gateway, config, tta_gateway::build)
             .await
             .unwrap();
+        let admin = gateway.admin_addr;
         let gateway_url = format!("http://{}", gateway.grpc_addr.unwrap());
         let client = OrchestratorClient::connect(gateway_url).await.unwrap();
         let harness = Self {
@@ -94,23 +95,8 @@ impl Harness {
             shutdown: Shutdown::new(),
             log: Arc::default(),
         };
-        // The built-in workflows are stored in the background at start-up.
-        let client = harness.client.clone();
-        wait_until(Duration::from_secs(10), "built-in workflows stored", || {
-            let mut client = client.clone();
-            async move {
-                client
-                    .get_workflow(pb::GetWorkflowRequest {
-                        name: "collaborative".to_owned(),
-                        version: 0,
-                    })
-                    .await
-                    .ok()
-                    .map(|_| ())
-            }
-        })
-        .await
-        .unwrap();
+        // The built-in workflows are stored in the background; ready means they are there.
+        wait_ready(admin, Duration::from_secs(10)).await.unwrap();
         harness
     }
 
@@ -312,6 +298,25 @@ fn custom(key: &str, value: &str) -> pb::AgentOutput {
     }
 }
 
+/// A step's fallback output: `{kind: {text: ...}}`, as a workflow file writes it.
+fn fallback_text(kind: &str, text: &str) -> prost_types::Struct {
+    let string = |value: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(value.to_owned())),
+    };
+    let inner = prost_types::Struct {
+        fields: [("text".to_owned(), string(text))].into(),
+    };
+    prost_types::Struct {
+        fields: [(
+            kind.to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::StructValue(inner)),
+            },
+        )]
+        .into(),
+    }
+}
+
 /// The narrator names the upstream steps it was given.
 fn narrator(task: &pb::AgentTask) -> Result<pb::AgentOutput, TaskError> {
     let seen: Vec<&str> = task.upstream.iter().map(|s| s.step_id.as_str()).collect();
@@ -489,25 +494,7 @@ async fn failures_are_retried_then_replaced_by_fallbacks() {
     );
 
     // A fixed fallback output in the workflow stands in for a failed narrator.
-    let fixed: prost_types::Struct = prost_types::Struct {
-        fields: [(
-            "nga".to_owned(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
-                    fields: [(
-                        "text".to_owned(),
-                        prost_types::Value {
-                            kind: Some(prost_types::value::Kind::StringValue(
-                                "You pause and breathe.".to_owned(),
-                            )),
-                        },
-                    )]
-                    .into(),
-                })),
-            },
-        )]
-        .into(),
-    };
+    let fixed = fallback_text("nga", "You pause and breathe.");
     harness
         .register(workflow(
             "fixed-words",
@@ -857,25 +844,7 @@ async fn a_step_needing_a_capability_goes_only_to_instances_that_have_it() {
     }
 
     // Nobody advertises charcoal: the step fails at once and its fallback answers.
-    let fixed = prost_types::Struct {
-        fields: [(
-            "nga".to_owned(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
-                    fields: [(
-                        "text".to_owned(),
-                        prost_types::Value {
-                            kind: Some(prost_types::value::Kind::StringValue(
-                                "A sketch will have to do.".to_owned(),
-                            )),
-                        },
-                    )]
-                    .into(),
-                })),
-            },
-        )]
-        .into(),
-    };
+    let fixed = fallback_text("nga", "A sketch will have to do.");
     harness
         .register(workflow(
             "charcoal-scene",
@@ -914,25 +883,7 @@ async fn an_agent_type_that_keeps_timing_out_is_isolated_and_its_steps_fall_back
         |_| Duration::from_secs(30),
         |_| Ok(custom("late", "yes")),
     );
-    let fixed = prost_types::Struct {
-        fields: [(
-            "custom".to_owned(),
-            prost_types::Value {
-                kind: Some(prost_types::value::Kind::StructValue(prost_types::Struct {
-                    fields: [(
-                        "text".to_owned(),
-                        prost_types::Value {
-                            kind: Some(prost_types::value::Kind::StringValue(
-                                "The lighthouse keeper is resting.".to_owned(),
-                            )),
-                        },
-                    )]
-                    .into(),
-                })),
-            },
-        )]
-        .into(),
-    };
+    let fixed = fallback_text("custom", "The lighthouse keeper is resting.");
     harness
         .register(workflow(
             "ask-the-keeper",

@@ -17,7 +17,7 @@ pub use llm_stub::LlmStub;
 pub use ports::free_port;
 pub use process::{ServiceProcess, binary_path};
 pub use redis_server::RedisServer;
-pub use wait::{grpc_health, http_get, wait_until};
+pub use wait::{grpc_health, http_get, ready_report, wait_ready, wait_until};
 
 use tta_runtime::{
     Shutdown,

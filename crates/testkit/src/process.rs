@@ -125,6 +125,21 @@ impl ServiceProcess {
     }
 
     /// Everything the process printed so far.
+    /// Waits until it is ready (see [`crate::wait_ready`]); the error carries its output.
+    pub async fn wait_ready(
+        &self,
+        admin: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        crate::wait_ready(admin, timeout).await.with_context(|| {
+            format!(
+                "{} did not get ready; its output:\n{}",
+                self.name,
+                self.logs()
+            )
+        })
+    }
+
     pub fn logs(&self) -> String {
         read_log(&self.log_path)
     }

@@ -33,6 +33,22 @@ where
     }
 }
 
+/// Waits until the admin server at `admin` answers `/ready` with 200: the service serves and
+/// its dependencies (Redis; for the gateway, its stored workflows) are there.
+pub async fn wait_ready(admin: std::net::SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+    wait_until(timeout, &format!("{admin} to be ready"), || async move {
+        matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(())
+    })
+    .await
+}
+
+/// The status and JSON report of `/ready` (which check failed, and why); `None` while the
+/// admin server does not answer.
+pub async fn ready_report(admin: std::net::SocketAddr) -> Option<(u16, serde_json::Value)> {
+    let (status, body) = http_get(admin, "/ready").await.ok()?;
+    Some((status, serde_json::from_str(&body).ok()?))
+}
+
 /// Asks a gRPC server for the health of `service` ("" = the whole server).
 pub async fn grpc_health(endpoint: &str, service: &str) -> anyhow::Result<ServingStatus> {
     let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?

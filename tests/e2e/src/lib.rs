@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use tonic::transport::Channel;
 use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
-use tta_testkit::{ServiceProcess, free_port, http_get, wait_until};
+use tta_testkit::{ServiceProcess, free_port};
 
 /// One service process of a stack, with its addresses.
 #[derive(Debug)]
@@ -79,14 +79,10 @@ pub fn repository_root() -> PathBuf {
 }
 
 async fn wait_ready(running: &Running) -> anyhow::Result<()> {
-    let admin = running.admin;
-    wait_until(
-        Duration::from_secs(30),
-        &format!("{} ready", running.binary),
-        || async move { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await
-    .with_context(|| running.process.logs())
+    running
+        .process
+        .wait_ready(running.admin, Duration::from_secs(30))
+        .await
 }
 
 fn spawn(

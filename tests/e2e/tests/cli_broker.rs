@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use anyhow::{Context, ensure};
 use tokio_stream::wrappers::ReceiverStream;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
-use tta_testkit::{RedisServer, ServiceProcess, binary_path, free_port, http_get, wait_until};
+use tta_testkit::{RedisServer, ServiceProcess, binary_path, free_port};
 
 async fn tta(args: &[&str]) -> anyhow::Result<(i32, String)> {
     let output = tokio::process::Command::new(binary_path("tta")?)
@@ -34,11 +34,7 @@ async fn operators_list_replay_and_purge_dead_letters_from_the_cli() -> anyhow::
         ],
         &[("TTA_REDIS_URL", redis.url())],
     )?;
-    wait_until(Duration::from_secs(20), "broker ready", || async {
-        matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .with_context(|| broker.logs())?;
+    broker.wait_ready(admin, Duration::from_secs(20)).await?;
     let endpoint = format!("http://{grpc}");
 
     // A message that its consumer rejects for good lands in the dead-letter queue.

@@ -5,12 +5,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use tta_runtime::service::ServiceKind;
-use tta_testkit::{RedisServer, http_get, start_in_process, test_config, wait_until};
-
-async fn ready_status(admin: std::net::SocketAddr) -> Option<(u16, serde_json::Value)> {
-    let (status, body) = http_get(admin, "/ready").await.ok()?;
-    Some((status, serde_json::from_str(&body).ok()?))
-}
+use tta_testkit::{RedisServer, ready_report, start_in_process, test_config, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_tracks_redis_going_away_and_coming_back() -> anyhow::Result<()> {
@@ -22,7 +17,7 @@ async fn readiness_tracks_redis_going_away_and_coming_back() -> anyhow::Result<(
     let admin = service.admin_addr;
 
     wait_until(Duration::from_secs(10), "ready with redis up", || async {
-        ready_status(admin)
+        ready_report(admin)
             .await
             .filter(|(status, _)| *status == 200)
     })
@@ -33,7 +28,7 @@ async fn readiness_tracks_redis_going_away_and_coming_back() -> anyhow::Result<(
         Duration::from_secs(10),
         "not ready with redis down",
         || async {
-            ready_status(admin)
+            ready_report(admin)
                 .await
                 .filter(|(status, _)| *status == 503)
         },
@@ -50,7 +45,7 @@ async fn readiness_tracks_redis_going_away_and_coming_back() -> anyhow::Result<(
         Duration::from_secs(15),
         "ready again after redis restart",
         || async {
-            ready_status(admin)
+            ready_report(admin)
                 .await
                 .filter(|(status, _)| *status == 200)
         },

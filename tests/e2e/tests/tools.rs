@@ -35,11 +35,9 @@ async fn operators_see_and_deprecate_tools_and_the_gateway_reports_them() -> any
         ],
         &[("TTA_REDIS_URL", redis.url())],
     )?;
-    wait_until(Duration::from_secs(20), "tool registry ready", || async {
-        matches!(http_get(registry_admin, "/ready").await, Ok((200, _))).then_some(())
-    })
-    .await
-    .with_context(|| registry.logs())?;
+    registry
+        .wait_ready(registry_admin, Duration::from_secs(20))
+        .await?;
     let endpoint = format!("http://{registry_grpc}");
 
     // The built-in tools are registered shortly after start-up.

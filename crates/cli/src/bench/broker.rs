@@ -222,15 +222,7 @@ impl BenchBroker {
                 ("TTA_TELEMETRY__LOG_LEVEL", "warn".to_owned()),
             ],
         )?;
-        tta_testkit::wait_until(
-            Duration::from_secs(20),
-            "the broker to be ready",
-            || async {
-                matches!(tta_testkit::http_get(admin, "/ready").await, Ok((200, _))).then_some(())
-            },
-        )
-        .await
-        .with_context(|| process.logs())?;
+        process.wait_ready(admin, Duration::from_secs(20)).await?;
         Ok(Self {
             endpoint: format!("http://{grpc}"),
             process: Some(process),

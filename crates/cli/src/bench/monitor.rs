@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tta_testkit::{RedisServer, ServiceProcess, free_port, http_get, wait_until};
+use tta_testkit::{RedisServer, ServiceProcess, free_port, http_get};
 
 use super::stats::Latencies;
 
@@ -60,13 +60,7 @@ async fn spawn(redis: &RedisServer, host: &str, interval: Duration) -> anyhow::R
         ),
     ];
     let process = ServiceProcess::spawn("tta-resource-monitor", &args, &env)?;
-    wait_until(
-        Duration::from_secs(30),
-        "tta-resource-monitor ready",
-        || async move { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await
-    .with_context(|| process.logs())?;
+    process.wait_ready(admin, Duration::from_secs(30)).await?;
     Ok(Monitor { process, admin })
 }
 

@@ -154,15 +154,7 @@ impl BenchRegistry {
                 ("TTA_TELEMETRY__LOG_LEVEL", "warn".to_owned()),
             ],
         )?;
-        tta_testkit::wait_until(
-            Duration::from_secs(20),
-            "the tool registry to be ready",
-            || async {
-                matches!(tta_testkit::http_get(admin, "/ready").await, Ok((200, _))).then_some(())
-            },
-        )
-        .await
-        .with_context(|| format!("tool registry logs:\n{}", process.logs()))?;
+        process.wait_ready(admin, Duration::from_secs(20)).await?;
         Ok(Self {
             endpoint: format!("http://{grpc}"),
             process: Some(process),

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tta_agents::engines::{self, EngineState, World};
 use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
-use tta_testkit::{RedisServer, ServiceProcess, free_port, http_get, wait_until};
+use tta_testkit::{RedisServer, ServiceProcess, free_port};
 
 use super::stats::Latencies;
 
@@ -64,13 +64,7 @@ async fn spawn(
         args.extend(["--grpc-addr".to_owned(), grpc.to_string()]);
     }
     let running = ServiceProcess::spawn(binary, &args, env)?;
-    wait_until(
-        Duration::from_secs(30),
-        &format!("{binary} ready"),
-        || async move { matches!(http_get(admin, "/ready").await, Ok((200, _))).then_some(()) },
-    )
-    .await
-    .with_context(|| running.logs())?;
+    running.wait_ready(admin, Duration::from_secs(30)).await?;
     Ok(Process { running })
 }
 
