@@ -68,7 +68,7 @@ impl Worker {
             .message
             .map(|message| message.payload)
             .unwrap_or_default();
-        let task = match pb::AgentTask::decode(payload.as_slice()) {
+        let task = match pb::AgentTask::decode(payload) {
             Ok(task) => task,
             Err(err) => return Settle::Reject(format!("undecodable AgentTask: {err}")),
         };

@@ -29,10 +29,16 @@ use tta_types::FieldViolation;
 
 /// How long one blocking read waits before the reader re-checks credit and leases.
 const BLOCK: Duration = Duration::from_secs(2);
+/// How often the reader drops deliveries whose lease ran out.
+const LEASE_SCAN_INTERVAL: Duration = Duration::from_millis(100);
 /// Most acks settled in one round trip.
 const MAX_ACK_BATCH: usize = 1024;
 /// Most messages one reply frame may publish.
 const MAX_REPLY_MESSAGES: usize = 16;
+
+/// Receipts are looked up once per delivery and once per ack: a fast seeded hash instead of
+/// SipHash.
+type ReceiptMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
 
 #[derive(Debug)]
 struct InFlight {
@@ -46,7 +52,7 @@ pub struct Flow {
     credit: AtomicU64,
     window: bool,
     wake: Notify,
-    in_flight: Mutex<HashMap<String, InFlight>>,
+    in_flight: Mutex<ReceiptMap<InFlight>>,
 }
 
 impl Flow {
@@ -55,7 +61,7 @@ impl Flow {
             credit: AtomicU64::new(u64::from(prefetch)),
             window: !manual_credit,
             wake: Notify::new(),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(ReceiptMap::default()),
         }
     }
 
@@ -559,9 +565,17 @@ async fn read_loop(
     let mut failures: u32 = 0;
     let mut connection = None;
     let mut fetcher = Fetcher::new();
+    let mut last_lease_scan: Option<Instant> = None;
 
     while !stop.is_triggered() && !outgoing.is_closed() {
-        flow.expire_leases(Instant::now());
+        // The scan walks every delivery in flight: once in a while is enough for leases that
+        // last seconds.
+        let now = Instant::now();
+        if last_lease_scan.is_none_or(|scanned| now.duration_since(scanned) >= LEASE_SCAN_INTERVAL)
+        {
+            flow.expire_leases(now);
+            last_lease_scan = Some(now);
+        }
         let wanted = flow.take(u64::MAX);
         if wanted == 0 {
             tokio::select! {
@@ -614,7 +628,10 @@ async fn read_loop(
         };
         flow.grant(wanted.saturating_sub(batch.len() as u64));
 
-        let lease_ms = subscription.visibility_timeout.as_millis() as i64;
+        let lease_deadline = Instant::now() + subscription.visibility_timeout;
+        let lease_expires_at = timestamp_from_millis(
+            now_millis() + subscription.visibility_timeout.as_millis() as i64,
+        );
         for delivered in batch {
             let mut message = match delivered.entry.to_proto(&topic, true, false) {
                 Ok(message) => message,
@@ -646,7 +663,7 @@ async fn read_loop(
                 in_flight.insert(
                     receipt.clone(),
                     InFlight {
-                        lease_deadline: Instant::now() + subscription.visibility_timeout,
+                        lease_deadline,
                         published_at_ms,
                     },
                 );
@@ -654,7 +671,7 @@ async fn read_loop(
             let delivery = pb::Delivery {
                 message: Some(message),
                 receipt,
-                lease_expires_at: Some(timestamp_from_millis(now_millis() + lease_ms)),
+                lease_expires_at: Some(lease_expires_at),
             };
             if outgoing.send(Ok(delivery)).await.is_err() {
                 return;

@@ -38,7 +38,7 @@ pub struct Outgoing {
     pub topic: String,
     pub priority: Priority,
     pub headers: HashMap<String, String>,
-    pub payload: Vec<u8>,
+    pub payload: prost::bytes::Bytes,
     pub idempotency_key: Option<String>,
     pub delay: Duration,
     pub content_type: String,
@@ -51,6 +51,45 @@ pub struct Published {
     pub duplicate: bool,
     /// When it becomes deliverable (later than now for delayed messages).
     pub visible_at_ms: i64,
+}
+
+/// What a publish result needs of a message once the message itself is in the request.
+struct Slot {
+    index: usize,
+    priority: Priority,
+    visible_at_ms: i64,
+    id: String,
+}
+
+/// The publish script's compact answer: one status byte per message, then the first id of
+/// each duplicate and the depth of each refusal, in order.
+struct PublishReply {
+    statuses: Vec<u8>,
+    extras: Vec<Value>,
+}
+
+impl PublishReply {
+    fn parse(reply: Vec<Value>, messages: usize) -> Result<Self, Error> {
+        let mut items = reply.into_iter();
+        let statuses = match items.next() {
+            Some(Value::BulkString(statuses)) => statuses,
+            other => {
+                return Err(Error::Corrupt(format!(
+                    "publish script answered without statuses: {other:?}"
+                )));
+            }
+        };
+        if statuses.len() != messages {
+            return Err(Error::Corrupt(format!(
+                "publish script answered {} results for {messages} messages",
+                statuses.len()
+            )));
+        }
+        Ok(Self {
+            statuses,
+            extras: items.collect(),
+        })
+    }
 }
 
 /// One message handed to a consumer.
@@ -291,7 +330,7 @@ impl Engine {
             .arg(limits[2])
             .arg(self.config.idempotency_window.as_millis() as u64);
         // What the results need once the messages themselves have moved into the request.
-        let mut slots: Vec<(usize, Priority, i64)> = Vec::with_capacity(batch.len());
+        let mut slots: Vec<Slot> = Vec::with_capacity(batch.len());
         for (index, message) in batch {
             let id = uuid::Uuid::now_v7().to_string();
             let due = if message.delay.is_zero() {
@@ -299,7 +338,6 @@ impl Engine {
             } else {
                 now + message.delay.as_millis() as i64
             };
-            slots.push((index, message.priority, due.max(now)));
             let idempotency = message
                 .idempotency_key
                 .as_deref()
@@ -321,71 +359,85 @@ impl Engine {
                 content_type: message.content_type,
                 history: Vec::new(),
             };
+            // The script reads the id only to remember it under the idempotency key.
+            let id_for_script = if idempotency.is_empty() {
+                ""
+            } else {
+                stored.id.as_str()
+            };
             invocation
                 .arg(priority_code(message.priority))
-                .arg(&stored.id)
+                .arg(id_for_script)
                 .arg(encode_stored(&stored))
                 .arg(idempotency)
                 .arg(due);
+            slots.push(Slot {
+                index,
+                priority: message.priority,
+                visible_at_ms: due.max(now),
+                id: stored.id,
+            });
         }
 
         let outcome = async {
             self.remember_topic(&topic).await?;
-            let reply: Vec<(u8, String, Option<u64>)> =
-                invocation.invoke_async(&mut self.connection()).await?;
+            let reply: Vec<Value> = invocation.invoke_async(&mut self.connection()).await?;
             Ok::<_, Error>(reply)
         }
         .await;
-        match outcome {
-            Ok(reply) if reply.len() == slots.len() => slots
-                .into_iter()
-                .zip(reply)
-                .map(|((index, priority, visible_at_ms), (status, id, depth))| {
-                    let result = match status {
-                        0 => Ok(Published {
-                            message_id: id,
-                            duplicate: false,
-                            visible_at_ms,
-                        }),
-                        1 => Ok(Published {
-                            message_id: id,
-                            duplicate: true,
-                            visible_at_ms: now,
-                        }),
-                        _ => Err(Error::Full {
-                            topic: topic.clone(),
-                            priority: priority.as_str(),
-                            depth: depth.unwrap_or_default(),
-                            limit: limits[priority_index(priority)],
-                            retry_after: FULL_RETRY_AFTER,
-                        }),
-                    };
-                    (index, result)
-                })
-                .collect(),
+        let reply = outcome.and_then(|reply| PublishReply::parse(reply, slots.len()));
+        match reply {
             Ok(reply) => {
-                let reason = format!(
-                    "publish script answered {} results for {} messages",
-                    reply.len(),
-                    slots.len()
-                );
+                let mut extras = reply.extras.into_iter();
                 slots
-                    .iter()
-                    .map(|(index, _, _)| (*index, Err(Error::Corrupt(reason.clone()))))
+                    .into_iter()
+                    .zip(reply.statuses)
+                    .map(|(slot, status)| {
+                        let result = match status {
+                            b'0' => Ok(Published {
+                                message_id: slot.id,
+                                duplicate: false,
+                                visible_at_ms: slot.visible_at_ms,
+                            }),
+                            b'1' => match extras.next() {
+                                Some(Value::BulkString(first)) => Ok(Published {
+                                    message_id: String::from_utf8_lossy(&first).into_owned(),
+                                    duplicate: true,
+                                    visible_at_ms: now,
+                                }),
+                                other => Err(Error::Corrupt(format!(
+                                    "publish script gave no first id for a duplicate: {other:?}"
+                                ))),
+                            },
+                            _ => {
+                                let depth = match extras.next() {
+                                    Some(Value::Int(depth)) => depth.max(0) as u64,
+                                    _ => 0,
+                                };
+                                Err(Error::Full {
+                                    topic: topic.clone(),
+                                    priority: slot.priority.as_str(),
+                                    depth,
+                                    limit: limits[priority_index(slot.priority)],
+                                    retry_after: FULL_RETRY_AFTER,
+                                })
+                            }
+                        };
+                        (slot.index, result)
+                    })
                     .collect()
             }
             Err(err) => {
                 let text = err.to_string();
-                let unavailable = matches!(err, Error::Unavailable(_));
                 slots
                     .iter()
-                    .map(|(index, _, _)| {
-                        let err = if unavailable {
-                            Error::Unavailable(text.clone())
-                        } else {
-                            Error::Redis(text.clone())
+                    .map(|slot| {
+                        let err = match &err {
+                            Error::Unavailable(_) => Error::Unavailable(text.clone()),
+                            Error::Corrupt(_) => Error::Corrupt(text.clone()),
+                            _ => Error::Redis(text.clone()),
                         };
-                        (*index, Err(err))
+                        (slot.index, Err(err))
                     })
                     .collect()
             }

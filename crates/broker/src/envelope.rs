@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::SystemTime};
 
-use prost::Message;
+use prost::{Message, bytes::Bytes};
 use prost_types::Timestamp;
 use redis::Value;
 use tta_proto::v1 as pb;
@@ -14,7 +14,8 @@ use crate::error::Error;
 /// A stream entry as read from Redis.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredEntry {
-    pub message: Vec<u8>,
+    /// The encoded message; decoding slices the payload out of it instead of copying it.
+    pub message: Bytes,
     /// Deliveries that ended without an ack.
     pub ended_attempts: u32,
     pub history: String,
@@ -38,7 +39,7 @@ impl StoredEntry {
         while let (Some(name), Some(value)) = (items.next(), items.next()) {
             let value = owned_bytes(value)?;
             match bytes_of(&name)? {
-                b"m" => entry.message = value,
+                b"m" => entry.message = Bytes::from(value),
                 b"a" => {
                     entry.ended_attempts = std::str::from_utf8(&value)
                         .ok()
@@ -68,7 +69,7 @@ impl StoredEntry {
         delivering: bool,
         with_history: bool,
     ) -> Result<pb::BrokerMessage, Error> {
-        let mut message = pb::BrokerMessage::decode(self.message.as_slice())
+        let mut message = pb::BrokerMessage::decode(self.message.clone())
             .map_err(|err| Error::Corrupt(format!("undecodable message: {err}")))?;
         message.topic = topic.to_owned();
         message.attempts = self.ended_attempts + u32::from(delivering);
@@ -174,7 +175,7 @@ mod tests {
     fn entries_round_trip_with_attempts_and_history() {
         let message = pb::BrokerMessage {
             id: "m1".into(),
-            payload: b"hello".to_vec(),
+            payload: b"hello".to_vec().into(),
             ..Default::default()
         };
         let fields = Value::Array(vec![

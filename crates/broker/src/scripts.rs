@@ -64,38 +64,45 @@ end
 "#;
 
 /// Publishes a batch to one topic. ARGV: now_ms, limit_high, limit_normal, limit_low,
-/// window_ms, then 5 per message: priority, message id, encoded message, idempotency key (full
-/// Redis key or ""), due_ms (0 = now). Returns per message `{status, id, depth}` with status 0 =
-/// enqueued, 1 = duplicate (id of the first), 2 = refused (topic full for this priority).
+/// window_ms, then 5 per message: priority, message id (only read with an idempotency key),
+/// encoded message, idempotency key (full Redis key or ""), due_ms (0 = now).
+/// Returns `{statuses, extra…}`: `statuses` has one character per message, `0` = enqueued,
+/// `1` = duplicate, `2` = refused (topic full for this priority); `extra` holds, in order, the
+/// first message's id for each duplicate and the depth for each refusal. The reply stays this
+/// small because it is built once per message of every batch.
 const PUBLISH: &str = r#"
 local now = tonumber(ARGV[1])
 local limits = {h = tonumber(ARGV[2]), n = tonumber(ARGV[3]), l = tonumber(ARGV[4])}
 local window = tonumber(ARGV[5])
 local current = depth()
-local results = {}
+local statuses = {}
+local reply = {''}
 for i = 6, #ARGV, 5 do
-  local p, id, m, idem, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local p, idem, due = ARGV[i], ARGV[i + 3], ARGV[i + 4]
   if current >= limits[p] then
-    table.insert(results, {2, id, current})
+    statuses[#statuses + 1] = '2'
+    reply[#reply + 1] = current
   else
     local first = false
     if idem ~= '' then
-      first = redis.call('SET', idem, id, 'NX', 'PX', window, 'GET')
+      first = redis.call('SET', idem, ARGV[i + 1], 'NX', 'PX', window, 'GET')
     end
     if first then
-      table.insert(results, {1, first, current})
+      statuses[#statuses + 1] = '1'
+      reply[#reply + 1] = first
     else
-      if due > now then
-        redis.call('ZADD', KEYS[4], due, cmsgpack.pack({p, m, 0, ''}))
+      if due ~= '0' and tonumber(due) > now then
+        redis.call('ZADD', KEYS[4], tonumber(due), cmsgpack.pack({p, ARGV[i + 2], 0, ''}))
       else
-        redis.call('XADD', stream_for(p), '*', 'm', m)
+        redis.call('XADD', stream_for(p), '*', 'm', ARGV[i + 2])
       end
       current = current + 1
-      table.insert(results, {0, id, current})
+      statuses[#statuses + 1] = '0'
     end
   end
 end
-return results
+reply[1] = table.concat(statuses)
+return reply
 "#;
 
 /// Acknowledges entries of one topic. ARGV: group, then pairs (priority, entry id). Returns

@@ -38,7 +38,7 @@ async fn a_payload_over_the_limit_is_refused_naming_message_payload() -> anyhow:
     let mut client = harness.client().await?;
     let limit = harness.config.broker.max_payload_bytes.bytes() as usize;
     let mut outgoing = message("big", pb::Priority::Normal, "");
-    outgoing.payload = vec![b'x'; limit + 1];
+    outgoing.payload = vec![b'x'; limit + 1].into();
     let status = publish(&mut client, outgoing.clone())
         .await
         .expect_err("an oversized payload is refused");
@@ -48,7 +48,7 @@ async fn a_payload_over_the_limit_is_refused_naming_message_payload() -> anyhow:
         "the message should give the size: {status:?}"
     );
     // Exactly at the limit is fine.
-    outgoing.payload.pop();
+    outgoing.payload.truncate(limit);
     publish(&mut client, outgoing).await?;
     harness.stop().await;
     Ok(())

@@ -171,7 +171,7 @@ impl Dispatcher {
                     .message
                     .map(|message| message.payload)
                     .unwrap_or_default();
-                let result = match pb::AgentResult::decode(payload.as_slice()) {
+                let result = match pb::AgentResult::decode(payload) {
                     Ok(result) => result,
                     Err(err) => return Settle::Reject(format!("undecodable AgentResult: {err}")),
                 };

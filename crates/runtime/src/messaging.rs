@@ -68,7 +68,7 @@ impl Outgoing {
             topic: self.topic,
             priority: self.priority as i32,
             headers,
-            payload: self.payload,
+            payload: self.payload.into(),
             idempotency_key: self.idempotency_key.unwrap_or_default(),
             delay: None,
             content_type: self.content_type,

@@ -43,7 +43,7 @@ async fn operators_list_replay_and_purge_dead_letters_from_the_cli() -> anyhow::
         .publish(pb::PublishRequest {
             message: Some(pb::OutgoingMessage {
                 topic: "cli.jobs".into(),
-                payload: b"poison".to_vec(),
+                payload: b"poison".to_vec().into(),
                 ..Default::default()
             }),
         })
@@ -101,7 +101,11 @@ async fn operators_list_replay_and_purge_dead_letters_from_the_cli() -> anyhow::
     let again = tokio::time::timeout(Duration::from_secs(5), deliveries.message())
         .await??
         .context("the replayed message was not delivered")?;
-    ensure!(again.message.map(|m| m.payload) == Some(b"poison".to_vec()));
+    ensure!(
+        again
+            .message
+            .is_some_and(|m| m.payload.as_ref() == b"poison")
+    );
 
     let (code, stats) = tta(&["broker", "--broker", &endpoint, "stats", "cli.jobs"]).await?;
     ensure!(code == 0 && stats.contains("cli.jobs"), "{stats}");

@@ -88,7 +88,7 @@ pub fn message(topic: &str, priority: pb::Priority, payload: &str) -> pb::Outgoi
     pb::OutgoingMessage {
         topic: topic.to_owned(),
         priority: priority as i32,
-        payload: payload.as_bytes().to_vec(),
+        payload: payload.as_bytes().to_vec().into(),
         ..Default::default()
     }
 }

@@ -508,7 +508,7 @@ async fn broker_throughput(
                     stamp(&mut payload, epoch);
                     pb::OutgoingMessage {
                         topic: topic.clone(),
-                        payload,
+                        payload: payload.into(),
                         ..Default::default()
                     }
                 })
@@ -554,7 +554,7 @@ async fn broker_open_loop(
                 .publish(pb::PublishRequest {
                     message: Some(pb::OutgoingMessage {
                         topic,
-                        payload,
+                        payload: payload.into(),
                         ..Default::default()
                     }),
                 })
