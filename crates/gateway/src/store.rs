@@ -137,11 +137,16 @@ return 0
 "#;
 
 /// Records a turn's final response and advances its session in one step, unless another
-/// attempt recorded a response first (then returns that one).
-/// KEYS: run, session, history. ARGV: response, retention ms, session, remember input (1/0),
-/// input text, history window.
+/// attempt recorded a response first (then returns that one); either way releases the
+/// session lock if the token still holds it, saving the turn a round trip before it answers.
+/// KEYS: run, session, history, lock. ARGV: response, retention ms, session, remember input
+/// (1/0), input text, history window, lock token.
 const FINISH_TURN: &str = r#"
+local function release()
+  if redis.call('GET', KEYS[4]) == ARGV[7] then redis.call('DEL', KEYS[4]) end
+end
 if redis.call('HSETNX', KEYS[1], 'response', ARGV[1]) == 0 then
+  release()
   return redis.call('HGET', KEYS[1], 'response')
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -150,6 +155,7 @@ if ARGV[4] == '1' then
   redis.call('LPUSH', KEYS[3], ARGV[5])
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[6]) - 1)
 end
+release()
 return false
 "#;
 
@@ -427,13 +433,15 @@ impl Store {
 
     /// Records the turn's response and, if it is the first, saves the session and (when
     /// `remember` is given) appends the input to the history, atomically. Returns the response
-    /// recorded first when another attempt won.
+    /// recorded first when another attempt won. Releases the session lock `lock` holds, in the
+    /// same step.
     pub async fn finish_turn(
         &self,
         turn: &str,
         session: &pb::Session,
         response: &pb::ProcessUserInputResponse,
         remember: Option<(&str, usize)>,
+        lock: &LockToken,
     ) -> Result<Option<pb::ProcessUserInputResponse>, Error> {
         let id = &session.session_id;
         let (input, window) = remember.unwrap_or(("", 1));
@@ -441,12 +449,14 @@ impl Store {
             .key(self.run_key(id, turn))
             .key(self.session_key(id))
             .key(self.history_key(id))
+            .key(self.lock_key(id))
             .arg(response.encode_to_vec())
             .arg(RUN_RETENTION.as_millis() as u64)
             .arg(session.encode_to_vec())
             .arg(if remember.is_some() { "1" } else { "0" })
             .arg(input)
             .arg(window.max(1))
+            .arg(lock.value())
             .invoke_async(&mut self.connection())
             .await?;
         first

@@ -13,7 +13,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -53,6 +56,21 @@ pub struct TurnRequest {
     /// Explicit workflow; empty means routing chooses.
     pub workflow: String,
     pub priority: pb::Priority,
+}
+
+/// The session lock a turn holds; finishing the turn releases it in the same round trip.
+struct HeldLock {
+    token: crate::store::LockToken,
+    released: AtomicBool,
+}
+
+/// A turn between taking its session lock and answering.
+#[derive(Clone, Copy)]
+struct Ongoing<'a> {
+    request: &'a TurnRequest,
+    lock: &'a HeldLock,
+    events: &'a EventSink,
+    started: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -170,8 +188,14 @@ impl TurnRunner {
                 request.session_id
             )));
         }
-        let outcome = self.run_locked(&request, loaded, events).await;
-        if let Err(err) = self.store.unlock(session_key, &token).await {
+        let lock = HeldLock {
+            token,
+            released: AtomicBool::new(false),
+        };
+        let outcome = self.run_locked(&request, loaded, &lock, events).await;
+        if !lock.released.load(Ordering::Acquire)
+            && let Err(err) = self.store.unlock(session_key, &lock.token).await
+        {
             tracing::warn!(session = %request.session_id, error = %err, "cannot release the session lock; it expires by itself");
         }
         outcome
@@ -182,9 +206,16 @@ impl TurnRunner {
         &self,
         request: &TurnRequest,
         loaded: Option<TurnState>,
+        lock: &HeldLock,
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let started = Instant::now();
+        let ongoing = Ongoing {
+            request,
+            lock,
+            events,
+            started,
+        };
         let session_key = request.session_id.as_str();
         let turn_key = request.turn_id.as_str();
         let state = match loaded {
@@ -279,9 +310,7 @@ impl TurnRunner {
                 suggestions: Vec::new(),
             };
             // The player's words of a crisis are not fed back into the story's context.
-            return self
-                .finish(request, session, response, started, false, events)
-                .await;
+            return self.finish(&ongoing, session, response, false).await;
         }
 
         let mut metadata = request.metadata.clone();
@@ -349,8 +378,7 @@ impl TurnRunner {
             session.version,
         );
         response.total_duration = prost_types::Duration::try_from(started.elapsed()).ok();
-        self.finish(request, session, response, started, true, events)
-            .await
+        self.finish(&ongoing, session, response, true).await
     }
 
     /// The workflow for this turn: the version an earlier attempt of the same turn started
@@ -404,23 +432,34 @@ impl TurnRunner {
     /// session. If another attempt recorded first, its response wins and is returned.
     async fn finish(
         &self,
-        request: &TurnRequest,
+        ongoing: &Ongoing<'_>,
         mut session: pb::Session,
         response: pb::ProcessUserInputResponse,
-        started: Instant,
         remember_input: bool,
-        events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
+        let Ongoing {
+            request,
+            lock,
+            events,
+            started,
+        } = *ongoing;
         session.version = response.session_version;
         session.last_turn_id = request.turn_id.to_string();
         session.updated_at = Some(now_timestamp());
         let remember =
             remember_input.then_some((request.text.as_str(), self.config.gateway.history_window));
-        if let Some(mut first) = self
+        let first = self
             .store
-            .finish_turn(request.turn_id.as_str(), &session, &response, remember)
-            .await?
-        {
+            .finish_turn(
+                request.turn_id.as_str(),
+                &session,
+                &response,
+                remember,
+                &lock.token,
+            )
+            .await?;
+        lock.released.store(true, Ordering::Release);
+        if let Some(mut first) = first {
             first.replayed = true;
             events.narrative(&first.text);
             return Ok(first);
