@@ -1,9 +1,9 @@
 //! Sends agent tasks through the broker and waits for their results.
 //!
-//! Each gateway replica consumes its own reply topic (`results.<instance>`). A result is
-//! written to the turn's run record in Redis *before* its delivery is acked, then handed to the
-//! waiting turn if there is one; a gateway that restarted mid-turn finds the result there when
-//! the client retries the turn.
+//! Each gateway replica consumes its own reply topic (`results.<instance>`). A result is handed
+//! to the waiting turn if there is one and written to the turn's run record in Redis *before*
+//! its delivery is acked; a gateway that restarted mid-turn finds the result there when the
+//! client retries the turn.
 
 use std::{
     collections::HashMap,
@@ -161,7 +161,10 @@ impl Dispatcher {
         outcome
     }
 
-    /// The handler of the reply topic: persist, then notify, then ack.
+    /// The handler of the reply topic: hand the result to its waiting turn, persist it, then
+    /// ack. The turn goes on while the result is written; the ack still waits for the write,
+    /// so a result is never lost, and a turn that outlives a crash is retried from the record
+    /// or its answer.
     pub fn result_handler(&self) -> Handler {
         let dispatcher = self.clone();
         Arc::new(move |delivery: pb::Delivery| {
@@ -171,21 +174,31 @@ impl Dispatcher {
                     .message
                     .map(|message| message.payload)
                     .unwrap_or_default();
-                let result = match pb::AgentResult::decode(payload) {
+                let result = match pb::AgentResult::decode(payload.clone()) {
                     Ok(result) => result,
                     Err(err) => return Settle::Reject(format!("undecodable AgentResult: {err}")),
                 };
-                if let Err(err) = dispatcher.store.record_step(&result).await {
-                    tracing::warn!(task = %result.task_id, error = %err, "cannot record a step result; will retry");
-                    return Settle::Retry(err.to_string());
-                }
+                let (session, turn, step) = (
+                    result.session_id.clone(),
+                    result.turn_id.clone(),
+                    result.step_id.clone(),
+                );
                 let waiter = dispatcher
                     .waiters
                     .lock()
                     .ok()
                     .and_then(|mut waiters| waiters.remove(&result.task_id));
+                let task = result.task_id.clone();
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(result);
+                }
+                if let Err(err) = dispatcher
+                    .store
+                    .record_step(&session, &turn, &step, &payload)
+                    .await
+                {
+                    tracing::warn!(task = %task, error = %err, "cannot record a step result; will retry");
+                    return Settle::Retry(err.to_string());
                 }
                 Settle::Ack
             })

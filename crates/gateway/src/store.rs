@@ -331,7 +331,7 @@ impl Store {
             &request.session_id,
             &request.turn_id,
             REQUEST_FIELD,
-            request.encode_to_vec(),
+            &request.encode_to_vec(),
         )
         .await
     }
@@ -483,16 +483,17 @@ impl Store {
         .await
     }
 
-    /// Records a step result; the first one stored for a step wins (a redelivered task may
-    /// answer twice).
-    pub async fn record_step(&self, result: &pb::AgentResult) -> Result<(), Error> {
-        self.keep_in_run(
-            &result.session_id,
-            &result.turn_id,
-            &format!("step:{}", result.step_id),
-            result.encode_to_vec(),
-        )
-        .await
+    /// Records a step result as it arrived (`encoded` is the `AgentResult` of that step); the
+    /// first one stored for a step wins (a redelivered task may answer twice).
+    pub async fn record_step(
+        &self,
+        session: &str,
+        turn: &str,
+        step: &str,
+        encoded: &[u8],
+    ) -> Result<(), Error> {
+        self.keep_in_run(session, turn, &format!("step:{step}"), encoded)
+            .await
     }
 
     /// Writes one field of a run record unless it is there already, and keeps the record for
@@ -502,7 +503,7 @@ impl Store {
         session: &str,
         turn: &str,
         field: &str,
-        value: Vec<u8>,
+        value: &[u8],
     ) -> Result<(), Error> {
         let key = self.run_key(session, turn);
         let _: () = redis::pipe()
