@@ -1,11 +1,13 @@
 //! Per-session state of a stateful agent (the WBA's world) in Redis, changed atomically and at
 //! most once per turn.
 //!
-//! The state lives in a hash `<prefix>:{session}:world` (`state` as JSON, `version`), and every
-//! applied turn's output in `<prefix>:{session}:world:turns`. Applying a turn is optimistic: read
+//! The state lives in a hash `<prefix>:{session}:world` (`state` as JSON, `version`), and each
+//! applied turn's output in `<prefix>:{session}:world:turn:<turn>` for a day. Applying a turn is optimistic: read
 //! the state, compute, then a script writes the new state only if the version is still the one
 //! read, together with the turn's output. A redelivered task finds its turn's output and
 //! returns it without applying the turn again.
+
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use serde::{Serialize, de::DeserializeOwned};
@@ -17,12 +19,17 @@ use crate::worker::TaskError;
 /// gateway, so contention means a duplicate delivery racing the original).
 const MAX_ATTEMPTS: usize = 5;
 
-/// Compare-and-set of the state and the turn's output in one step.
+/// How long a turn's output is kept for a repeated delivery of the same turn. Retries and
+/// redeliveries come within minutes; a day bounds what a long session leaves behind.
+const TURN_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Compare-and-set of the state and the turn's output in one step. KEYS: state, turn output.
+/// ARGV: version read, new state, new version, output, retention ms.
 const COMMIT: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', ARGV[3])
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[5])
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 return 1
 "#;
 
@@ -72,13 +79,14 @@ impl StateStore {
         F: Fn(Option<S>) -> Result<(Vec<u8>, Option<S>), TaskError>,
     {
         let state_key = self.keys.tagged(session, &["world"]);
-        let turns_key = self.keys.tagged(session, &["world", "turns"]);
+        // One key per turn, so outputs expire one by one instead of piling up in the session.
+        let output_key = self.keys.tagged(session, &["world", "turn", turn]);
+        let retention_ms = TURN_OUTPUT_RETENTION.as_millis() as u64;
         let mut connection = self.connection.clone();
         for _ in 0..MAX_ATTEMPTS {
             let (done, current): (Option<Vec<u8>>, StoredState) = redis::pipe()
-                .cmd("HGET")
-                .arg(&turns_key)
-                .arg(turn)
+                .cmd("GET")
+                .arg(&output_key)
                 .cmd("HMGET")
                 .arg(&state_key)
                 .arg("state")
@@ -108,10 +116,12 @@ impl StateStore {
                 })?,
                 // Nothing changed: record the turn's output against the same state.
                 None if had_state => {
-                    let _: () = redis::cmd("HSETNX")
-                        .arg(&turns_key)
-                        .arg(turn)
+                    let _: () = redis::cmd("SET")
+                        .arg(&output_key)
                         .arg(&output)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(retention_ms)
                         .query_async(&mut connection)
                         .await
                         .map_err(unavailable)?;
@@ -126,12 +136,12 @@ impl StateStore {
             let committed: i64 = self
                 .commit
                 .key(&state_key)
-                .key(&turns_key)
+                .key(&output_key)
                 .arg(&version_read)
                 .arg(next_json)
                 .arg(next_version)
-                .arg(turn)
                 .arg(&output)
+                .arg(retention_ms)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(unavailable)?;
