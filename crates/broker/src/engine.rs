@@ -123,6 +123,36 @@ pub struct Reclaimed {
     pub dead_lettered: u64,
 }
 
+/// How much of a topic's pending entries one [`Engine::reclaim`] call looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// One bounded pass, going on from where the previous pass stopped (the background
+    /// reclaimer).
+    Resume,
+    /// Passes until every pending entry was looked at (an operator's recovery).
+    Whole,
+}
+
+/// `XAUTOCLAIM` calls per stream in one reclaim pass; each looks at up to 1,000 pending
+/// entries, so a pass holds Redis for a few milliseconds at most.
+const RECLAIM_SCANS_PER_PASS: u32 = 5;
+/// Most passes of one whole sweep (millions of pending entries).
+const MAX_SWEEP_PASSES: usize = 1_000;
+
+/// Where the next reclaim pass of a topic starts in each priority stream's pending list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ReclaimCursors([String; 3]);
+
+impl ReclaimCursors {
+    fn start() -> Self {
+        Self(["0-0".to_owned(), "0-0".to_owned(), "0-0".to_owned()])
+    }
+
+    fn at_end(&self) -> bool {
+        self.0.iter().all(|cursor| cursor == "0-0")
+    }
+}
+
 /// A dead-lettered message and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
@@ -153,6 +183,7 @@ pub struct Engine {
     groups: Mutex<HashMap<String, String>>,
     /// Topics this process has registered in the global topic set.
     known_topics: Mutex<HashSet<String>>,
+    reclaim_cursors: Mutex<HashMap<String, ReclaimCursors>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -183,6 +214,7 @@ impl Engine {
             scripts: Scripts::new(),
             groups: Mutex::new(HashMap::new()),
             known_topics: Mutex::new(HashSet::new()),
+            reclaim_cursors: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -695,12 +727,16 @@ impl Engine {
         Ok(!claimed.is_empty())
     }
 
-    /// Ends every lease of the topic older than its visibility timeout (or `min_idle`): those
-    /// messages are retried with backoff, or dead-lettered when out of attempts.
+    /// Ends the leases of the topic older than its visibility timeout (or `min_idle`): those
+    /// messages are retried with backoff, or dead-lettered when out of attempts. One pass looks
+    /// at a bounded share of the pending entries and the next one goes on from there, so a
+    /// topic with a huge number of deliveries in flight never holds Redis for long; `sweep`
+    /// makes passes until every pending entry has been looked at once.
     pub async fn reclaim(
         &self,
         topic: &str,
         min_idle: Option<Duration>,
+        sweep: Sweep,
     ) -> Result<Reclaimed, Error> {
         let Some(group) = self.group_of(topic).await? else {
             return Ok(Reclaimed::default());
@@ -718,26 +754,49 @@ impl Engine {
             }
         };
         let retry = &self.config.retry;
-        let mut invocation = self.scripts.reclaim.prepare_invoke();
-        for key in &keys.script_keys {
-            invocation.key(key);
+        let mut total = Reclaimed::default();
+        let mut cursors = match sweep {
+            Sweep::Resume => self
+                .reclaim_cursors
+                .lock()
+                .ok()
+                .and_then(|cursors| cursors.get(topic).cloned())
+                .unwrap_or_else(ReclaimCursors::start),
+            Sweep::Whole => ReclaimCursors::start(),
+        };
+        // A whole sweep ends even if deliveries arrive as fast as it walks them.
+        for _ in 0..MAX_SWEEP_PASSES {
+            let mut invocation = self.scripts.reclaim.prepare_invoke();
+            for key in &keys.script_keys {
+                invocation.key(key);
+            }
+            invocation
+                .arg(&group)
+                .arg(min_idle.as_millis() as u64)
+                .arg(1000)
+                .arg(now_millis())
+                .arg(self.max_attempts())
+                .arg(retry.base_delay.as_millis() as u64)
+                .arg(retry.factor)
+                .arg(retry.max_delay.as_millis() as u64)
+                .arg(jitter_spread(retry.jitter))
+                .arg(RECLAIM_SCANS_PER_PASS);
+            for cursor in &cursors.0 {
+                invocation.arg(cursor);
+            }
+            let (reclaimed, dead_lettered, high, normal, low): (u64, u64, String, String, String) =
+                invocation.invoke_async(&mut self.connection()).await?;
+            total.reclaimed += reclaimed;
+            total.dead_lettered += dead_lettered;
+            cursors = ReclaimCursors([high, normal, low]);
+            if matches!(sweep, Sweep::Resume) || cursors.at_end() {
+                break;
+            }
         }
-        invocation
-            .arg(&group)
-            .arg(min_idle.as_millis() as u64)
-            .arg(1000)
-            .arg(now_millis())
-            .arg(self.max_attempts())
-            .arg(retry.base_delay.as_millis() as u64)
-            .arg(retry.factor)
-            .arg(retry.max_delay.as_millis() as u64)
-            .arg(jitter_spread(retry.jitter));
-        let (reclaimed, dead_lettered): (u64, u64) =
-            invocation.invoke_async(&mut self.connection()).await?;
-        Ok(Reclaimed {
-            reclaimed,
-            dead_lettered,
-        })
+        if let Ok(mut stored) = self.reclaim_cursors.lock() {
+            stored.insert(topic.to_owned(), cursors);
+        }
+        Ok(total)
     }
 
     /// Moves due delayed messages (scheduled publishes and retries) into their streams.

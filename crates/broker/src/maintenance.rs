@@ -85,7 +85,10 @@ pub async fn run(engine: Arc<Engine>, shutdown: Shutdown) -> Result<(), BoxError
         if last_reclaim.elapsed() >= reclaim_every {
             last_reclaim = Instant::now();
             for topic in &topics {
-                match engine.reclaim(topic, None).await {
+                match engine
+                    .reclaim(topic, None, crate::engine::Sweep::Resume)
+                    .await
+                {
                     Ok(reclaimed) => {
                         record_reclaim(topic, reclaimed);
                         alerts.count_retries(topic, reclaimed.reclaimed);

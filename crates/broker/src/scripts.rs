@@ -181,16 +181,24 @@ return {dead, last_delay}
 "#;
 
 /// Ends the attempts whose lease expired (consumer crashed or too slow). ARGV: group,
-/// min_idle_ms, max_entries, now_ms, max_attempts, base_ms, factor, max_ms, spread.
-/// Returns `{reclaimed, dead_lettered}`.
+/// min_idle_ms, max_entries, now_ms, max_attempts, base_ms, factor, max_ms, spread,
+/// max_scans, then the HIGH, NORMAL and LOW cursors to start from ('0-0' = the beginning).
+/// Each `XAUTOCLAIM` call looks at up to 1,000 pending entries, so `max_scans` bounds how long
+/// one pass holds Redis however many deliveries are in flight; a pass that stops early returns
+/// where to go on. Returns `{reclaimed, dead_lettered, cursor_high, cursor_normal, cursor_low}`
+/// ('0-0' = that stream was swept to its end).
 const RECLAIM: &str = r#"
 local group, min_idle, budget, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local max_scans = tonumber(ARGV[10])
 local reclaimed, dead = 0, 0
-for _, p in ipairs({'h', 'n', 'l'}) do
+local cursors = {}
+for index, p in ipairs({'h', 'n', 'l'}) do
   local key = stream_for(p)
-  local cursor = '0-0'
+  local cursor = ARGV[10 + index]
+  local scans = 0
   repeat
     local reply = redis.call('XAUTOCLAIM', key, group, 'tta-reclaimer', min_idle, cursor, 'COUNT', 100)
+    scans = scans + 1
     cursor = reply[1]
     for _, entry in ipairs(reply[2]) do
       local id, fields = entry[1], entry[2]
@@ -207,9 +215,10 @@ for _, p in ipairs({'h', 'n', 'l'}) do
     if reply[3] then
       for _, id in ipairs(reply[3]) do redis.call('XACK', key, group, id) end
     end
-  until cursor == '0-0' or budget <= 0
+  until cursor == '0-0' or budget <= 0 or scans >= max_scans
+  cursors[index] = cursor
 end
-return {reclaimed, dead}
+return {reclaimed, dead, cursors[1], cursors[2], cursors[3]}
 "#;
 
 /// Moves due delayed messages into their streams. ARGV: now_ms, max_entries. Returns the count.

@@ -567,7 +567,10 @@ impl Broker for BrokerService {
             if !request.group.is_empty() && request.group != group {
                 continue;
             }
-            let reclaimed = self.engine.reclaim(&topic, min_idle).await?;
+            let reclaimed = self
+                .engine
+                .reclaim(&topic, min_idle, crate::engine::Sweep::Whole)
+                .await?;
             crate::maintenance::record_reclaim(&topic, reclaimed);
             counts.push(pb::RecoveredCount {
                 topic,
