@@ -345,6 +345,8 @@ where
     kind.set_addrs(&mut config, grpc_addr, Some(admin_addr));
 
     let metrics = prometheus::install(kind.name())?;
+    metrics::gauge!("tta_runtime_worker_threads")
+        .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
     let readiness = Readiness::new();
     let context = ServiceContext {
         kind,
@@ -431,10 +433,11 @@ where
         print!("{}", config::dump(&config));
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.server.worker_threads > 0 {
+        builder.worker_threads(config.server.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("{}: cannot start the async runtime: {err}", kind.name());

@@ -44,6 +44,10 @@ pub struct TurnsBenchArgs {
     /// Directory with the world files.
     #[arg(long, default_value = "deploy/worlds")]
     worlds: PathBuf,
+    /// Runtime threads of each service (`server.worker_threads`; 0 = one per core, as
+    /// deployed).
+    #[arg(long, default_value_t = 0)]
+    service_threads: usize,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -91,6 +95,10 @@ pub async fn run(args: TurnsBenchArgs) -> anyhow::Result<()> {
     let env = vec![
         ("TTA_REDIS_URL", redis.url()),
         ("TTA_TELEMETRY__LOG_LEVEL", "warn".to_owned()),
+        (
+            "TTA_SERVER__WORKER_THREADS",
+            args.service_threads.to_string(),
+        ),
         ("TTA_AGENTS__WORLDS_DIR", worlds_dir.display().to_string()),
         ("TTA_AGENTS__BROKER_ENDPOINT", broker_url.clone()),
         ("TTA_GATEWAY__BROKER_ENDPOINT", broker_url),
@@ -256,6 +264,7 @@ fn report(args: &TurnsBenchArgs, baseline: (f64, Latencies), runs: Vec<RunResult
         }));
     }
     let object = json!({
+        "service_threads": args.service_threads,
         "runs": rows,
         "baseline": {
             "what": "the three built-in engines back to back in-process, no services",
@@ -268,8 +277,13 @@ fn report(args: &TurnsBenchArgs, baseline: (f64, Latencies), runs: Vec<RunResult
         println!("{object}");
         return;
     }
+    let threads = match args.service_threads {
+        0 => "one runtime thread per core".to_owned(),
+        1 => "1 runtime thread".to_owned(),
+        n => format!("{n} runtime threads"),
+    };
     println!(
-        "turn bench: built-in agents through broker, gateway and workers (separate processes)"
+        "turn bench: built-in agents through broker, gateway and workers (separate processes, {threads} each)"
     );
     println!(
         "{:>11} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9}",

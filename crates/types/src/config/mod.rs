@@ -101,12 +101,16 @@ pub struct ServerConfig {
     /// Kubernetes' default 30 s termination grace and our own 5 s stop budget.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// Threads of the async runtime; 0 = one per core the process may use. Several services
+    /// sharing a small host each do better with 1: a message then wakes one thread, not two.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: Duration::from_secs(3),
+            worker_threads: 0,
         }
     }
 }

@@ -94,6 +94,9 @@ impl Collector {
     }
 }
 
+/// More runtime threads than this is a typo, not a tuning.
+const MAX_WORKER_THREADS: usize = 512;
+
 const REDIS_SCHEMES: [&str; 4] = ["redis://", "rediss://", "unix://", "redis+unix://"];
 
 impl Config {
@@ -117,6 +120,12 @@ impl Config {
         c.check(self.redis.pool_size >= 1, "redis.pool_size", || {
             "must be at least 1".to_owned()
         });
+
+        c.check(
+            self.server.worker_threads <= MAX_WORKER_THREADS,
+            "server.worker_threads",
+            || format!("must be at most {MAX_WORKER_THREADS} (0 = one per core)"),
+        );
 
         c.check(
             !self.telemetry.log_level.trim().is_empty(),
@@ -492,6 +501,15 @@ mod tests {
                 "agents.host_name"
             ]
         );
+    }
+
+    #[test]
+    fn worker_threads_are_automatic_or_a_sane_count() {
+        let mut config = Config::default();
+        config.server.worker_threads = 1;
+        assert!(issue_paths(&config).is_empty());
+        config.server.worker_threads = 100_000;
+        assert_eq!(issue_paths(&config), ["server.worker_threads"]);
     }
 
     #[test]
