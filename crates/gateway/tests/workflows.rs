@@ -936,6 +936,14 @@ async fn an_agent_type_that_keeps_timing_out_is_isolated_and_its_steps_fall_back
     harness.stop().await;
 }
 
+async fn exists(redis: &mut redis::aio::MultiplexedConnection, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_turn_leaves_its_session_unlocked_when_it_answers_and_when_it_is_replayed() {
     let mut harness = Harness::start().await;
@@ -950,22 +958,18 @@ async fn a_turn_leaves_its_session_unlocked_when_it_answers_and_when_it_is_repla
     // The answer records the turn and releases the lock in one step.
     let first = harness.turn("s-lock", "tell", "look").await;
     assert_eq!(first.text, "You look around. Seen: .");
-    let held: bool = redis::cmd("EXISTS")
-        .arg(&lock_key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert!(!held, "the session lock outlived its turn");
+    assert!(
+        !exists(&mut redis, &lock_key).await,
+        "the session lock outlived its turn"
+    );
 
     // A replay answers from the record without finishing again; it unlocks on its own.
     let replay = harness.turn("s-lock", "tell", "look").await;
     assert!(replay.replayed);
     assert_eq!(replay.text, first.text);
-    let held: bool = redis::cmd("EXISTS")
-        .arg(&lock_key)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert!(!held, "the session lock outlived the replayed turn");
+    assert!(
+        !exists(&mut redis, &lock_key).await,
+        "the session lock outlived the replayed turn"
+    );
     harness.stop().await;
 }
