@@ -12,7 +12,11 @@ pub mod placement;
 pub mod state;
 pub mod worker;
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::future::BoxFuture;
 use prost::Message;
@@ -59,8 +63,11 @@ impl TaskRunner for EngineRunner {
                     .map(|outcome| outcome.output)
                     .map_err(engine_failure);
             };
+            let deadline = task
+                .deadline
+                .and_then(|deadline| SystemTime::try_from(deadline).ok());
             let stored = store
-                .apply_once::<WorldState, _>(&task.session_id, &task.turn_id, |current| {
+                .apply_once::<WorldState, _>(&task.session_id, &task.turn_id, deadline, |current| {
                     let outcome = self
                         .engine
                         .run(task, EngineState::World(current.as_ref()))

@@ -7,7 +7,7 @@
 //! read, together with the turn's output. A redelivered task finds its turn's output and
 //! returns it without applying the turn again.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use redis::aio::ConnectionManager;
 use serde::{Serialize, de::DeserializeOwned};
@@ -28,6 +28,8 @@ const TURN_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 const COMMIT: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '') ~= ARGV[1] then return 0 end
+-- A duplicate delivery that committed first: read its output on the next attempt.
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 return 1
@@ -68,16 +70,29 @@ impl StateStore {
     ///
     /// `apply` gets the current state (`None` for a new session) and returns the output to
     /// record and the new state, or `None` as the new state when nothing changed.
+    ///
+    /// A task whose `deadline` passed longer ago than outputs are kept (a dead letter replayed
+    /// days later) is refused: its turn's output may have expired, and applying it again would
+    /// change the world twice for one turn.
     pub async fn apply_once<S, F>(
         &self,
         session: &str,
         turn: &str,
+        deadline: Option<SystemTime>,
         apply: F,
     ) -> Result<Vec<u8>, TaskError>
     where
         S: Serialize + DeserializeOwned,
         F: Fn(Option<S>) -> Result<(Vec<u8>, Option<S>), TaskError>,
     {
+        if let Some(deadline) = deadline
+            && deadline + TURN_OUTPUT_RETENTION < SystemTime::now()
+        {
+            return Err(TaskError::Permanent(format!(
+                "turn {turn} of session {session} is older than the {} h its world changes are remembered; not applied",
+                TURN_OUTPUT_RETENTION.as_secs() / 3600
+            )));
+        }
         let state_key = self.keys.tagged(session, &["world"]);
         // One key per turn, so outputs expire one by one instead of piling up in the session.
         let output_key = self.keys.tagged(session, &["world", "turn", turn]);

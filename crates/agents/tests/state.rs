@@ -1,7 +1,10 @@
 //! The per-session state store on a private redis-server: a turn is applied once, a repeated
 //! delivery gets the first output back, and what a turn leaves behind expires.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::{
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, SystemTime},
+};
 
 use redis::aio::ConnectionManager;
 use tta_agents::{state::StateStore, worker::TaskError};
@@ -39,9 +42,10 @@ async fn a_repeated_turn_gets_its_first_output_and_outputs_expire() -> anyhow::R
     let store = store(&redis, &keys).await?;
     let applied = AtomicU32::new(0);
 
-    let first = store.apply_once("s1", "t1", count(&applied)).await?;
-    let second = store.apply_once("s1", "t2", count(&applied)).await?;
-    let repeated = store.apply_once("s1", "t1", count(&applied)).await?;
+    let soon = Some(SystemTime::now() + Duration::from_secs(5));
+    let first = store.apply_once("s1", "t1", soon, count(&applied)).await?;
+    let second = store.apply_once("s1", "t2", soon, count(&applied)).await?;
+    let repeated = store.apply_once("s1", "t1", soon, count(&applied)).await?;
     assert_eq!(first, b"turn 1");
     assert_eq!(second, b"turn 2");
     assert_eq!(
@@ -69,5 +73,25 @@ async fn a_repeated_turn_gets_its_first_output_and_outputs_expire() -> anyhow::R
             "turn {turn} output ttl {ttl_ms} ms"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_turn_older_than_its_remembered_output_is_refused_not_applied() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let keys = Keyspace::new(&tta_testkit::unique_prefix("state-old"));
+    let store = store(&redis, &keys).await?;
+    let applied = AtomicU32::new(0);
+    // A dead letter replayed two days after its turn: its output may be gone, so applying it
+    // could change the world a second time.
+    let two_days_ago = Some(SystemTime::now() - Duration::from_secs(2 * 24 * 3600));
+    let refused = store
+        .apply_once("s1", "t-old", two_days_ago, count(&applied))
+        .await;
+    match refused {
+        Err(TaskError::Permanent(reason)) => assert!(reason.contains("t-old"), "{reason}"),
+        other => panic!("expected a permanent refusal, got {other:?}"),
+    }
+    assert_eq!(applied.load(Ordering::SeqCst), 0);
     Ok(())
 }

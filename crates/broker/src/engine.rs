@@ -139,17 +139,48 @@ const RECLAIM_SCANS_PER_PASS: u32 = 5;
 /// Most passes of one whole sweep (millions of pending entries).
 const MAX_SWEEP_PASSES: usize = 1_000;
 
-/// Where the next reclaim pass of a topic starts in each priority stream's pending list.
+/// Where the next reclaim pass of a topic starts in each priority stream's pending list:
+/// `0-0` from the beginning, an entry id to go on from there, and (within a whole sweep) the
+/// empty string for a stream already swept to its end, which the script skips.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ReclaimCursors([String; 3]);
+
+const SWEPT: &str = "";
 
 impl ReclaimCursors {
     fn start() -> Self {
         Self(["0-0".to_owned(), "0-0".to_owned(), "0-0".to_owned()])
     }
 
-    fn at_end(&self) -> bool {
-        self.0.iter().all(|cursor| cursor == "0-0")
+    /// The cursors after a pass answered `returned` (`0-0` = that stream reached its end). A
+    /// whole sweep marks such a stream as swept so it is not walked again; the background
+    /// reclaimer starts it over on its next pass.
+    fn after_pass(&self, returned: [String; 3], sweep: Sweep) -> Self {
+        let mut next = returned;
+        if sweep == Sweep::Whole {
+            for (cursor, before) in next.iter_mut().zip(&self.0) {
+                if before == SWEPT || cursor == "0-0" {
+                    *cursor = SWEPT.to_owned();
+                }
+            }
+        }
+        Self(next)
+    }
+
+    /// Every stream of a whole sweep reached its end.
+    fn swept(&self) -> bool {
+        self.0.iter().all(|cursor| cursor == SWEPT)
+    }
+
+    /// Where the background reclaimer goes on (a swept stream starts over).
+    fn for_next_sweep(self) -> Self {
+        Self(self.0.map(|cursor| {
+            if cursor == SWEPT {
+                "0-0".to_owned()
+            } else {
+                cursor
+            }
+        }))
     }
 }
 
@@ -441,10 +472,17 @@ impl Engine {
                                     "publish script gave no first id for a duplicate: {other:?}"
                                 ))),
                             },
-                            _ => {
+                            b'2' => {
                                 let depth = match extras.next() {
                                     Some(Value::Int(depth)) => depth.max(0) as u64,
-                                    _ => 0,
+                                    other => {
+                                        return (
+                                            slot.index,
+                                            Err(Error::Corrupt(format!(
+                                                "publish script gave no depth for a refusal: {other:?}"
+                                            ))),
+                                        );
+                                    }
                                 };
                                 Err(Error::Full {
                                     topic: topic.clone(),
@@ -454,6 +492,10 @@ impl Engine {
                                     retry_after: FULL_RETRY_AFTER,
                                 })
                             }
+                            other => Err(Error::Corrupt(format!(
+                                "publish script answered the unknown status {:?}",
+                                char::from(other)
+                            ))),
                         };
                         (slot.index, result)
                     })
@@ -788,13 +830,13 @@ impl Engine {
                 invocation.invoke_async(&mut self.connection()).await?;
             total.reclaimed += reclaimed;
             total.dead_lettered += dead_lettered;
-            cursors = ReclaimCursors([high, normal, low]);
-            if matches!(sweep, Sweep::Resume) || cursors.at_end() {
+            cursors = cursors.after_pass([high, normal, low], sweep);
+            if sweep == Sweep::Resume || cursors.swept() {
                 break;
             }
         }
         if let Ok(mut stored) = self.reclaim_cursors.lock() {
-            stored.insert(topic.to_owned(), cursors);
+            stored.insert(topic.to_owned(), cursors.for_next_sweep());
         }
         Ok(total)
     }
@@ -1094,6 +1136,35 @@ fn parse_entries(reply: Value) -> Result<Vec<DeadLetter>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cursors(high: &str, normal: &str, low: &str) -> [String; 3] {
+        [high.to_owned(), normal.to_owned(), low.to_owned()]
+    }
+
+    #[test]
+    fn a_whole_sweep_walks_each_stream_once_however_many_passes_each_needs() {
+        // HIGH ends in the first pass, NORMAL in the second, LOW in the third.
+        let start = ReclaimCursors::start();
+        let first = start.after_pass(cursors("0-0", "7-0", "5-0"), Sweep::Whole);
+        assert_eq!(first.0, cursors("", "7-0", "5-0"));
+        assert!(!first.swept());
+        let second = first.after_pass(cursors("", "0-0", "9-0"), Sweep::Whole);
+        assert_eq!(
+            second.0,
+            cursors("", "", "9-0"),
+            "a swept stream stays swept"
+        );
+        let third = second.after_pass(cursors("", "", "0-0"), Sweep::Whole);
+        assert!(third.swept());
+        assert_eq!(third.for_next_sweep(), ReclaimCursors::start());
+    }
+
+    #[test]
+    fn the_background_reclaimer_starts_a_finished_stream_over() {
+        let after = ReclaimCursors::start().after_pass(cursors("0-0", "7-0", "0-0"), Sweep::Resume);
+        assert_eq!(after.0, cursors("0-0", "7-0", "0-0"));
+        assert_eq!(after.clone().for_next_sweep(), after);
+    }
 
     #[test]
     fn jitter_stays_within_its_band() {

@@ -182,7 +182,8 @@ return {dead, last_delay}
 
 /// Ends the attempts whose lease expired (consumer crashed or too slow). ARGV: group,
 /// min_idle_ms, max_entries, now_ms, max_attempts, base_ms, factor, max_ms, spread,
-/// max_scans, then the HIGH, NORMAL and LOW cursors to start from ('0-0' = the beginning).
+/// max_scans, then the HIGH, NORMAL and LOW cursors to start from ('0-0' = the beginning,
+/// '' = skip the stream: a whole sweep already reached its end).
 /// Each `XAUTOCLAIM` call looks at up to 1,000 pending entries, so `max_scans` bounds how long
 /// one pass holds Redis however many deliveries are in flight; a pass that stops early returns
 /// where to go on. Returns `{reclaimed, dead_lettered, cursor_high, cursor_normal, cursor_low}`
@@ -196,7 +197,8 @@ for index, p in ipairs({'h', 'n', 'l'}) do
   local key = stream_for(p)
   local cursor = ARGV[10 + index]
   local scans = 0
-  repeat
+  -- An empty cursor: this stream was swept to its end earlier in a whole sweep.
+  if cursor ~= '' then repeat
     local reply = redis.call('XAUTOCLAIM', key, group, 'tta-reclaimer', min_idle, cursor, 'COUNT', 100)
     scans = scans + 1
     cursor = reply[1]
@@ -215,7 +217,7 @@ for index, p in ipairs({'h', 'n', 'l'}) do
     if reply[3] then
       for _, id in ipairs(reply[3]) do redis.call('XACK', key, group, id) end
     end
-  until cursor == '0-0' or budget <= 0 or scans >= max_scans
+  until cursor == '0-0' or budget <= 0 or scans >= max_scans end
   cursors[index] = cursor
 end
 return {reclaimed, dead, cursors[1], cursors[2], cursors[3]}

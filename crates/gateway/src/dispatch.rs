@@ -3,7 +3,10 @@
 //! Each gateway replica consumes its own reply topic (`results.<instance>`). A result is handed
 //! to the waiting turn if there is one and written to the turn's run record in Redis *before*
 //! its delivery is acked; a gateway that restarted mid-turn finds the result there when the
-//! client retries the turn.
+//! client retries the turn. The turn may go on while the write is under way; if the write then
+//! fails and the gateway dies, a retried turn runs that step again. The world changes of a turn
+//! are applied once whatever runs again (the WBA keeps each turn's output), and the first
+//! answer recorded for a turn is the one every retry gets.
 
 use std::{
     collections::HashMap,
