@@ -472,26 +472,18 @@ impl Engine {
                                     "publish script gave no first id for a duplicate: {other:?}"
                                 ))),
                             },
-                            b'2' => {
-                                let depth = match extras.next() {
-                                    Some(Value::Int(depth)) => depth.max(0) as u64,
-                                    other => {
-                                        return (
-                                            slot.index,
-                                            Err(Error::Corrupt(format!(
-                                                "publish script gave no depth for a refusal: {other:?}"
-                                            ))),
-                                        );
-                                    }
-                                };
-                                Err(Error::Full {
+                            b'2' => match extras.next() {
+                                Some(Value::Int(depth)) => Err(Error::Full {
                                     topic: topic.clone(),
                                     priority: slot.priority.as_str(),
-                                    depth,
+                                    depth: depth.max(0) as u64,
                                     limit: limits[priority_index(slot.priority)],
                                     retry_after: FULL_RETRY_AFTER,
-                                })
-                            }
+                                }),
+                                other => Err(Error::Corrupt(format!(
+                                    "publish script gave no depth for a refusal: {other:?}"
+                                ))),
+                            },
                             other => Err(Error::Corrupt(format!(
                                 "publish script answered the unknown status {:?}",
                                 char::from(other)

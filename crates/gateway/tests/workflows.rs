@@ -235,12 +235,12 @@ impl Harness {
 
     async fn stop(mut self) {
         self.shutdown.trigger();
-        if let Some(gateway) = self.gateway.take() {
-            gateway.stop(Duration::from_secs(2)).await.unwrap();
-        }
-        if let Some(broker) = self.broker.take() {
-            broker.stop(Duration::from_secs(2)).await.unwrap();
-        }
+        tta_testkit::stop_in_order(
+            [self.gateway.take(), self.broker.take()],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
     }
 }
 

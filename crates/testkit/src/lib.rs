@@ -70,3 +70,18 @@ where
 {
     service::start(kind, config, Shutdown::new(), build).await
 }
+
+/// Stops in-process services one after another, callers before what they call (a gateway
+/// before its broker), each within `grace`.
+pub async fn stop_in_order(
+    services: impl IntoIterator<Item = Option<RunningService>>,
+    grace: std::time::Duration,
+) -> anyhow::Result<()> {
+    for service in services.into_iter().flatten() {
+        service
+            .stop(grace)
+            .await
+            .map_err(|err| anyhow::anyhow!(err))?;
+    }
+    Ok(())
+}

@@ -246,7 +246,14 @@ impl Stack {
 
     /// The first running instance of a worker binary (`tta-ipa`, `tta-wba`, `tta-nga`).
     pub fn worker(&self, binary: &str) -> Option<&Running> {
-        self.workers.iter().find(|worker| worker.binary == binary)
+        self.worker_index(binary).map(|index| &self.workers[index])
+    }
+
+    /// Where that instance is in `workers`, for tests that stop, freeze or kill it.
+    pub fn worker_index(&self, binary: &str) -> Option<usize> {
+        self.workers
+            .iter()
+            .position(|worker| worker.binary == binary)
     }
 
     pub fn gateway_url(&self) -> String {

@@ -289,11 +289,7 @@ async fn a_worker_killed_while_holding_tasks_does_not_lose_the_turns() -> anyhow
     let redis = RedisServer::start()?;
     let mut stack = Stack::start(&redis.url(), "worker-crash", 2).await?;
     // Freeze one NGA instance: the broker keeps handing it tasks that it never answers.
-    let frozen = stack
-        .workers
-        .iter()
-        .position(|worker| worker.binary == "tta-nga")
-        .context("no nga worker")?;
+    let frozen = stack.worker_index("tta-nga").context("no nga worker")?;
     stack.workers[frozen].process.signal(Signal::SIGSTOP)?;
 
     let client = client(&stack).await?;
@@ -354,11 +350,7 @@ async fn a_gateway_killed_mid_turn_and_restarted_answers_the_retried_turn_once()
     let version_before = session_version(&mut session.client, &session.id).await?;
 
     // Hold the turn in its last step, kill the gateway, then let the step finish.
-    let nga = stack
-        .workers
-        .iter()
-        .position(|worker| worker.binary == "tta-nga")
-        .context("no nga")?;
+    let nga = stack.worker_index("tta-nga").context("no nga")?;
     stack.workers[nga].process.signal(Signal::SIGSTOP)?;
     let mut doomed = session.client.clone();
     let moving = request(&session.id, "t-move", &format!("go {}", exit.direction));

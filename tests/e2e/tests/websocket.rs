@@ -94,11 +94,7 @@ async fn a_turn_resumed_over_a_new_socket_after_a_gateway_restart_is_applied_onc
 
     // Hold the move in its last step, kill the gateway while the client follows it, then let
     // the step finish and bring the gateway back.
-    let nga = stack
-        .workers
-        .iter()
-        .position(|worker| worker.binary == "tta-nga")
-        .context("no nga")?;
+    let nga = stack.worker_index("tta-nga").context("no nga")?;
     stack.workers[nga].process.signal(Signal::SIGSTOP)?;
     let direction = exit["direction"]
         .as_str()
