@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod maintenance;
 pub mod outgoing;
+pub mod publish_stream;
 pub mod scripts;
 pub mod service;
 pub mod topic;

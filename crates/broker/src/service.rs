@@ -20,7 +20,7 @@ use crate::{
     topic::{Receipt, check_name, priority_from_code},
 };
 
-const MAX_BATCH: usize = 1000;
+pub(crate) const MAX_BATCH: usize = 1000;
 
 const DEFAULT_PREFETCH: u32 = 16;
 const MAX_PREFETCH: u32 = 1024;
@@ -46,7 +46,11 @@ impl BrokerService {
         }
     }
 
-    async fn publish_validated(
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub(crate) async fn publish_validated(
         &self,
         items: Vec<Result<Outgoing, FieldViolation>>,
     ) -> Vec<pb::PublishResult> {
@@ -137,6 +141,8 @@ fn batch_failure(results: &[pb::PublishResult]) -> Option<Status> {
 }
 
 type DeliveryStream = Pin<Box<dyn Stream<Item = Result<pb::Delivery, Status>> + Send>>;
+type PublishResponses =
+    Pin<Box<dyn Stream<Item = Result<pb::PublishStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Broker for BrokerService {
@@ -203,6 +209,25 @@ impl Broker for BrokerService {
             return Err(status);
         }
         Ok(Response::new(pb::PublishBatchResponse { results }))
+    }
+
+    type PublishStreamStream = PublishResponses;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<pb::PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        // Taken here, inside the call's span: the stream is served by a task of its own.
+        let trace = outgoing::current_trace_headers();
+        let (sender, receiver) = mpsc::channel(64);
+        tokio::spawn(crate::publish_stream::run(
+            self.clone(),
+            request.into_inner(),
+            sender,
+            trace,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
     async fn broadcast(

@@ -11,6 +11,7 @@ pub mod grpc;
 pub mod hosts;
 pub mod messaging;
 pub mod metrics;
+pub mod publish_lane;
 pub mod readiness;
 pub mod redis;
 pub mod service;

@@ -15,12 +15,18 @@ use tonic::{Status, transport::Channel};
 use tracing::Instrument;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
 
-use crate::{grpc, shutdown::Shutdown, trace_context};
+use crate::{
+    grpc,
+    publish_lane::{self, PublishLane},
+    shutdown::Shutdown,
+    trace_context,
+};
 
-/// A cheap-to-clone publisher.
+/// A cheap-to-clone publisher. Every clone shares one publish stream to the broker.
 #[derive(Debug, Clone)]
 pub struct Publisher {
     client: BrokerClient<Channel>,
+    lane: PublishLane,
 }
 
 /// One message to publish.
@@ -37,9 +43,10 @@ pub struct Outgoing {
 impl Publisher {
     /// Connects lazily (and reconnects by itself) to the broker at `endpoint`.
     pub fn connect_lazy(endpoint: &str) -> Result<Self, grpc::Error> {
-        let channel = grpc::connect_lazy(endpoint)?;
+        let client = BrokerClient::new(grpc::connect_lazy(endpoint)?);
         Ok(Self {
-            client: BrokerClient::new(channel),
+            lane: PublishLane::new(client.clone()),
+            client,
         })
     }
 
@@ -49,11 +56,13 @@ impl Publisher {
 
     /// Publishes one message with the current trace context in its headers; returns its id.
     pub async fn publish(&self, message: Outgoing) -> Result<String, Status> {
-        let request = pb::PublishRequest {
-            message: Some(message.into_proto()),
-        };
-        let response = self.client.clone().publish(request).await?;
-        Ok(response.into_inner().message_id)
+        let results = self.lane.publish(vec![message.into_proto()]).await?;
+        let result = results
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("the broker answered no publish result"))?;
+        publish_lane::result_status(&result)?;
+        Ok(result.message_id)
     }
 }
 

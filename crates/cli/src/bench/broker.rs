@@ -61,6 +61,10 @@ pub struct BrokerBenchArgs {
     /// Length of the open-loop run.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     open_loop_for: Duration,
+    /// How the open-loop run publishes: `stream` (one long-lived PublishStream call, as the
+    /// platform's own publishers do) or `unary` (one Publish call per message).
+    #[arg(long, value_enum, default_value_t = OpenLoopPublish::Stream)]
+    open_loop_publish: OpenLoopPublish,
     /// Use this Redis instead of a private redis-server (keys get a unique prefix and are
     /// deleted afterwards).
     #[arg(long, env = "TTA_BENCH_REDIS_URL")]
@@ -74,6 +78,21 @@ pub struct BrokerBenchArgs {
 }
 
 /// Nanoseconds since the run's epoch, written into the first 8 bytes of each payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OpenLoopPublish {
+    Stream,
+    Unary,
+}
+
+impl OpenLoopPublish {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Unary => "unary",
+        }
+    }
+}
+
 fn stamp(payload: &mut [u8], epoch: Instant) {
     let nanos = epoch.elapsed().as_nanos() as u64;
     if let Some(head) = payload.get_mut(..8) {
@@ -274,6 +293,7 @@ fn report(
     if let (Some(mut raw_open), Some(mut broker_open)) = (raw_open, broker_open) {
         object["open_loop"] = json!({
             "rate_per_s": args.rate,
+            "publish": args.open_loop_publish.name(),
             "messages": broker_open.messages,
             "p50_ms": broker_open.latencies.quantile_ms(0.50),
             "p99_ms": broker_open.latencies.quantile_ms(0.99),
@@ -316,7 +336,11 @@ fn report(
     );
     println!("ratio broker/raw: {:.3}", ratio);
     if let Some(open) = object.get("open_loop") {
-        println!("open loop at {} msgs/s, publish → ack latency:", args.rate);
+        println!(
+            "open loop at {} msgs/s (publishing by {}), publish → delivery latency:",
+            args.rate,
+            args.open_loop_publish.name()
+        );
         println!(
             "{:<28} {:>10} {:>10} {:>10}",
             "", "p50 ms", "p99 ms", "p99.9 ms"
@@ -541,26 +565,38 @@ async fn broker_open_loop(
     let consumers =
         broker_consumers(endpoint, topic, args.consumers, args.prefetch, total, epoch).await?;
     let client = connect_broker(endpoint).await?;
+    let lane = tta_runtime::publish_lane::PublishLane::new(client.clone());
     let started = Instant::now();
     let mut publishes = JoinSet::new();
     open_loop_schedule(args.rate, total, |_| {
         let mut client = client.clone();
+        let lane = lane.clone();
         let topic = topic.to_owned();
         let size = args.size;
+        let via = args.open_loop_publish;
         publishes.spawn(async move {
             let mut payload = vec![0u8; size];
             stamp(&mut payload, epoch);
-            client
-                .publish(pb::PublishRequest {
-                    message: Some(pb::OutgoingMessage {
-                        topic,
-                        payload: payload.into(),
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
+            let message = pb::OutgoingMessage {
+                topic,
+                payload: payload.into(),
+                ..Default::default()
+            };
+            match via {
+                OpenLoopPublish::Unary => client
+                    .publish(pb::PublishRequest {
+                        message: Some(message),
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from),
+                OpenLoopPublish::Stream => {
+                    for result in lane.publish(vec![message]).await? {
+                        tta_runtime::publish_lane::result_status(&result)?;
+                    }
+                    Ok(())
+                }
+            }
         });
     })
     .await;

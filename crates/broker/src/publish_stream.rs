@@ -1,0 +1,141 @@
+//! One `PublishStream` call: request frames in, one response frame per request frame out.
+//!
+//! Frames that have already arrived when one is taken are published together, with one engine
+//! call (one script round trip per topic and priority instead of one per frame): under load
+//! several publishers' frames share the work, and an idle stream answers each frame at once.
+
+use futures::{FutureExt, Stream, StreamExt};
+use tokio::{sync::mpsc, task::JoinSet};
+use tonic::Status;
+use tta_proto::v1 as pb;
+use tta_runtime::Shutdown;
+use tta_types::FieldViolation;
+
+use crate::{
+    outgoing::{self, TraceHeaders},
+    service::{BrokerService, MAX_BATCH},
+};
+
+/// Groups of frames published at once per stream; a publisher that sends faster than Redis
+/// stores waits for its replies instead of queueing unbounded work here.
+const MAX_IN_FLIGHT: usize = 32;
+
+pub type Responses = mpsc::Sender<Result<pb::PublishStreamResponse, Status>>;
+
+/// Serves one stream until the client ends it, the transport breaks or the broker shuts down.
+/// Frames already taken are always answered; on shutdown, frames not yet read are left to the
+/// client (which sees the stream end and fails them as unavailable).
+pub async fn run<S>(
+    service: BrokerService,
+    mut frames: S,
+    responses: Responses,
+    trace: TraceHeaders,
+    shutdown: Shutdown,
+) where
+    S: Stream<Item = Result<pb::PublishStreamRequest, Status>> + Unpin + Send + 'static,
+{
+    let mut running = JoinSet::new();
+    let mut reading = true;
+    while reading || !running.is_empty() {
+        tokio::select! {
+            () = shutdown.wait(), if reading => reading = false,
+            frame = frames.next(), if reading && running.len() < MAX_IN_FLIGHT => {
+                let Some(Ok(first)) = frame else {
+                    reading = false;
+                    continue;
+                };
+                let (group, ended) = gather(first, &mut frames);
+                reading = !ended;
+                running.spawn(publish_group(
+                    service.clone(),
+                    group,
+                    trace.clone(),
+                    responses.clone(),
+                ));
+            }
+            Some(_) = running.join_next(), if !running.is_empty() => {}
+        }
+    }
+}
+
+/// `first` and the frames already waiting behind it, up to [`MAX_BATCH`] messages in all;
+/// also whether the stream has ended.
+fn gather<S>(
+    first: pb::PublishStreamRequest,
+    frames: &mut S,
+) -> (Vec<pb::PublishStreamRequest>, bool)
+where
+    S: Stream<Item = Result<pb::PublishStreamRequest, Status>> + Unpin,
+{
+    let mut messages = first.messages.len();
+    let mut group = vec![first];
+    while messages < MAX_BATCH {
+        match frames.next().now_or_never() {
+            Some(Some(Ok(frame))) => {
+                messages += frame.messages.len();
+                group.push(frame);
+            }
+            Some(Some(Err(_)) | None) => return (group, true),
+            None => break,
+        }
+    }
+    (group, false)
+}
+
+/// Publishes every valid frame of `group` in one engine call and answers each frame.
+async fn publish_group(
+    service: BrokerService,
+    group: Vec<pb::PublishStreamRequest>,
+    trace: TraceHeaders,
+    responses: Responses,
+) {
+    let mut answers = Vec::with_capacity(group.len());
+    let mut items = Vec::new();
+    for frame in group {
+        let count = frame.messages.len();
+        if count == 0 || count > MAX_BATCH {
+            let violation = FieldViolation::new(
+                "messages",
+                format!("must hold 1 to {MAX_BATCH} messages, got {count}"),
+            );
+            answers.push((frame.sequence, Err(violation.to_string())));
+            continue;
+        }
+        answers.push((frame.sequence, Ok(count)));
+        items.extend(
+            frame
+                .messages
+                .into_iter()
+                .enumerate()
+                .map(|(index, message)| {
+                    outgoing::validate(
+                        service.engine().config(),
+                        &|| format!("messages[{index}]"),
+                        message,
+                        None,
+                        &trace,
+                    )
+                }),
+        );
+    }
+    let mut results = service.publish_validated(items).await.into_iter();
+    for (sequence, answer) in answers {
+        let response = match answer {
+            Ok(count) => pb::PublishStreamResponse {
+                sequence,
+                results: results.by_ref().take(count).collect(),
+                error: String::new(),
+            },
+            Err(error) => pb::PublishStreamResponse {
+                sequence,
+                results: Vec::new(),
+                error,
+            },
+        };
+        if responses.send(Ok(response)).await.is_err() {
+            // The client is gone; what was published stays published (publishing is
+            // idempotent for callers that set keys and retry).
+            return;
+        }
+    }
+}

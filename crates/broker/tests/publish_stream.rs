@@ -1,0 +1,207 @@
+//! Publish streams: one long-lived call carrying publish frames, each answered by sequence —
+//! and the shared publisher of the workers and the gateway, which rides on one.
+
+mod common;
+
+use std::{collections::HashMap, time::Duration};
+
+use common::{Consumer, Harness, WAIT, message, payload_text};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tta_proto::v1 as pb;
+use tta_runtime::messaging::{Outgoing, Publisher};
+use tta_testkit::{free_port, wait_until};
+use tta_types::config::ListenConfig;
+
+fn frame(sequence: u64, messages: Vec<pb::OutgoingMessage>) -> pb::PublishStreamRequest {
+    pb::PublishStreamRequest { sequence, messages }
+}
+
+/// Collects `count` response frames by sequence.
+async fn answers(
+    responses: &mut tonic::Streaming<pb::PublishStreamResponse>,
+    count: usize,
+) -> anyhow::Result<HashMap<u64, pb::PublishStreamResponse>> {
+    let mut by_sequence = HashMap::new();
+    while by_sequence.len() < count {
+        let response = tokio::time::timeout(WAIT, responses.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("the publish stream ended early"))?;
+        let sequence = response.sequence;
+        anyhow::ensure!(
+            by_sequence.insert(sequence, response).is_none(),
+            "frame {sequence} was answered twice"
+        );
+    }
+    Ok(by_sequence)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_frame_is_answered_by_its_sequence_and_its_messages_are_delivered()
+-> anyhow::Result<()> {
+    let mut harness = Harness::start("publish-stream").await?;
+    let mut client = harness.client().await?;
+    let (frames, outgoing) = mpsc::channel(16);
+    let mut responses = client
+        .publish_stream(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+
+    let normal = pb::Priority::Normal;
+    frames
+        .send(frame(
+            7,
+            vec![message("ps", normal, "a"), message("ps", normal, "b")],
+        ))
+        .await?;
+    frames.send(frame(8, Vec::new())).await?;
+    frames
+        .send(frame(
+            9,
+            vec![message("ps", normal, "c"), message("", normal, "lost")],
+        ))
+        .await?;
+    let answered = answers(&mut responses, 3).await?;
+
+    let stored = &answered[&7];
+    assert!(stored.error.is_empty(), "{stored:?}");
+    assert_eq!(stored.results.len(), 2);
+    assert!(
+        stored
+            .results
+            .iter()
+            .all(|result| result.code == 0 && !result.message_id.is_empty())
+    );
+
+    let empty = &answered[&8];
+    assert!(empty.results.is_empty());
+    assert!(empty.error.starts_with("messages:"), "{}", empty.error);
+
+    let mixed = &answered[&9];
+    assert_eq!(mixed.results.len(), 2);
+    assert_eq!(mixed.results[0].code, 0);
+    assert_eq!(mixed.results[1].code, tonic::Code::InvalidArgument as i32);
+    assert!(
+        mixed.results[1].error.contains("messages[1].topic"),
+        "{}",
+        mixed.results[1].error
+    );
+
+    let mut consumer = Consumer::subscribe(&mut client, "ps", "reader", 8).await?;
+    let mut payloads = Vec::new();
+    for _ in 0..3 {
+        let delivery = consumer.next(WAIT).await?;
+        payloads.push(payload_text(&delivery));
+        consumer.ack(&delivery.receipt).await?;
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["a", "b", "c"]);
+    consumer.expect_nothing(Duration::from_millis(200)).await?;
+
+    drop(frames);
+    assert!(
+        tokio::time::timeout(WAIT, responses.message())
+            .await??
+            .is_none(),
+        "the stream ends once the client has ended its side"
+    );
+    harness.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_back_to_back_are_each_answered_once_and_all_stored() -> anyhow::Result<()> {
+    const FRAMES: u64 = 300;
+    let mut harness = Harness::start("publish-stream-burst").await?;
+    let mut client = harness.client().await?;
+    let (frames, outgoing) = mpsc::channel(FRAMES as usize);
+    // Queued before the call starts, so the broker finds many frames waiting at once and
+    // publishes them together.
+    for sequence in 0..FRAMES {
+        frames
+            .send(frame(
+                sequence,
+                vec![message(
+                    "burst",
+                    pb::Priority::Normal,
+                    &sequence.to_string(),
+                )],
+            ))
+            .await?;
+    }
+    let mut responses = client
+        .publish_stream(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    let answered = answers(&mut responses, FRAMES as usize).await?;
+    assert!((0..FRAMES).all(|sequence| {
+        answered[&sequence].results.len() == 1 && answered[&sequence].results[0].code == 0
+    }));
+
+    let stats = common::topic_stats(&mut client, "burst").await?;
+    assert_eq!(stats.depth_normal, FRAMES);
+    harness.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_publisher_reports_refusals_and_reopens_its_stream_after_a_broker_restart()
+-> anyhow::Result<()> {
+    let port = free_port()?;
+    let mut harness = Harness::start_adjusted("publisher-restart", |config| {
+        config.broker.listen = ListenConfig::loopback(port, 0);
+    })
+    .await?;
+    let publisher = Publisher::connect_lazy(&harness.endpoint)?;
+    let outgoing = |topic: &str, text: &str| Outgoing {
+        topic: topic.to_owned(),
+        payload: text.as_bytes().to_vec(),
+        ..Default::default()
+    };
+    let first = publisher.publish(outgoing("jobs", "before")).await?;
+    assert!(!first.is_empty());
+
+    let refused = publisher
+        .publish(outgoing("bad topic!", "x"))
+        .await
+        .expect_err("an invalid topic is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(refused.message().contains("topic"), "{}", refused.message());
+
+    harness.stop().await;
+    let down = publisher
+        .publish(outgoing("jobs", "while down"))
+        .await
+        .expect_err("nothing answers while the broker is down");
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down}");
+
+    let config = harness.config.clone();
+    harness.broker = Some(
+        tta_testkit::start_in_process(
+            tta_runtime::service::ServiceKind::Broker,
+            config,
+            tta_broker::build,
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!(err))?,
+    );
+    wait_until(WAIT, "a publish through a new stream", || {
+        let publisher = publisher.clone();
+        let message = outgoing("jobs", "after");
+        async move { publisher.publish(message).await.ok() }
+    })
+    .await?;
+
+    let mut client = harness.client().await?;
+    let mut consumer = Consumer::subscribe(&mut client, "jobs", "reader", 8).await?;
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let delivery = consumer.next(WAIT).await?;
+        payloads.push(payload_text(&delivery));
+        consumer.ack(&delivery.receipt).await?;
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["after", "before"]);
+    harness.stop().await;
+    Ok(())
+}
