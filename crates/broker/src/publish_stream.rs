@@ -36,16 +36,29 @@ pub async fn run<S>(
 {
     let mut running = JoinSet::new();
     let mut reading = true;
+    // Reported after every frame already taken has been answered, so none of those answers is
+    // lost behind the end of the call.
+    let mut failure: Option<Status> = None;
     while reading || !running.is_empty() {
         tokio::select! {
             () = shutdown.wait(), if reading => reading = false,
             frame = frames.next(), if reading && running.len() < MAX_IN_FLIGHT => {
-                let Some(Ok(first)) = frame else {
-                    reading = false;
-                    continue;
+                let first = match frame {
+                    Some(Ok(first)) => first,
+                    Some(Err(status)) => {
+                        // E.g. a frame over the size limit: say so rather than end quietly.
+                        failure = Some(status);
+                        reading = false;
+                        continue;
+                    }
+                    None => {
+                        reading = false;
+                        continue;
+                    }
                 };
-                let (group, ended) = gather(first, &mut frames);
-                reading = !ended;
+                let (group, broken) = gather(first, &mut frames);
+                reading = broken.is_none();
+                failure = failure.or(broken.flatten());
                 running.spawn(publish_group(
                     service.clone(),
                     group,
@@ -53,17 +66,28 @@ pub async fn run<S>(
                     responses.clone(),
                 ));
             }
-            Some(_) = running.join_next(), if !running.is_empty() => {}
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                if joined.is_err() {
+                    // A group's frames would never be answered: end the call, so the client
+                    // fails them instead of waiting.
+                    failure = Some(Status::internal("a publish frame could not be answered"));
+                    reading = false;
+                }
+            }
         }
+    }
+    if let Some(status) = failure {
+        let _ = responses.send(Err(status)).await;
     }
 }
 
-/// `first` and the frames already waiting behind it, up to [`MAX_BATCH`] messages in all;
-/// also whether the stream has ended.
+/// `first` and the frames already waiting behind it, until at least [`MAX_BATCH`] messages
+/// are gathered. The second value is `Some` when the stream has ended, holding the error that
+/// broke it, if one did.
 fn gather<S>(
     first: pb::PublishStreamRequest,
     frames: &mut S,
-) -> (Vec<pb::PublishStreamRequest>, bool)
+) -> (Vec<pb::PublishStreamRequest>, Option<Option<Status>>)
 where
     S: Stream<Item = Result<pb::PublishStreamRequest, Status>> + Unpin,
 {
@@ -75,11 +99,12 @@ where
                 messages += frame.messages.len();
                 group.push(frame);
             }
-            Some(Some(Err(_)) | None) => return (group, true),
+            Some(Some(Err(status))) => return (group, Some(Some(status))),
+            Some(None) => return (group, Some(None)),
             None => break,
         }
     }
-    (group, false)
+    (group, None)
 }
 
 /// Publishes every valid frame of `group` in one engine call and answers each frame.

@@ -166,7 +166,12 @@ async fn the_shared_publisher_reports_refusals_and_reopens_its_stream_after_a_br
         .await
         .expect_err("an invalid topic is refused");
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    assert!(refused.message().contains("topic"), "{}", refused.message());
+    // Named as in a unary Publish of one message.
+    assert!(
+        refused.message().starts_with("message.topic:"),
+        "{}",
+        refused.message()
+    );
 
     harness.stop().await;
     let down = publisher
@@ -202,6 +207,156 @@ async fn the_shared_publisher_reports_refusals_and_reopens_its_stream_after_a_br
     }
     payloads.sort();
     assert_eq!(payloads, ["after", "before"]);
+    harness.stop().await;
+    Ok(())
+}
+
+fn outgoing(topic: &str, text: &str) -> Outgoing {
+    Outgoing {
+        topic: topic.to_owned(),
+        payload: text.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+/// Reads `count` deliveries of `topic` (acking each) and returns payload by message id.
+async fn stored_payloads(
+    harness: &Harness,
+    topic: &str,
+    count: usize,
+) -> anyhow::Result<HashMap<String, String>> {
+    let mut client = harness.client().await?;
+    let mut consumer = Consumer::subscribe(&mut client, topic, "reader", 256).await?;
+    let mut stored = HashMap::new();
+    while stored.len() < count {
+        let delivery = consumer.next(WAIT).await?;
+        consumer.ack(&delivery.receipt).await?;
+        let id = delivery
+            .message
+            .as_ref()
+            .map(|message| message.id.clone())
+            .unwrap_or_default();
+        stored.insert(id, payload_text(&delivery));
+    }
+    consumer.expect_nothing(Duration::from_millis(200)).await?;
+    Ok(stored)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_frames_and_each_caller_gets_its_own_message_id()
+-> anyhow::Result<()> {
+    // More than one frame holds, so some callers wait for the next frame.
+    const CALLERS: usize = 1500;
+    let mut harness = Harness::start("publisher-packing").await?;
+    let publisher = Publisher::connect_lazy(&harness.endpoint)?;
+    let mut calls = tokio::task::JoinSet::new();
+    for index in 0..CALLERS {
+        let publisher = publisher.clone();
+        calls.spawn(async move {
+            let id = publisher
+                .publish(outgoing("packed", &index.to_string()))
+                .await?;
+            Ok::<_, tonic::Status>((id, index.to_string()))
+        });
+    }
+    let mut returned = HashMap::new();
+    while let Some(joined) = calls.join_next().await {
+        let (id, payload) = joined??;
+        returned.insert(id, payload);
+    }
+    assert_eq!(returned.len(), CALLERS, "every caller got a distinct id");
+    let stored = stored_payloads(&harness, "packed", CALLERS).await?;
+    assert_eq!(stored, returned, "each id names the caller's own message");
+    harness.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_topic_refuses_through_the_publisher_with_a_retry_hint() -> anyhow::Result<()> {
+    let mut harness = Harness::start_adjusted("publisher-full", |config| {
+        config.broker.max_topic_depth = 1;
+    })
+    .await?;
+    let publisher = Publisher::connect_lazy(&harness.endpoint)?;
+    publisher.publish(outgoing("small", "fits")).await?;
+    let refused = publisher
+        .publish(outgoing("small", "does not fit"))
+        .await
+        .expect_err("the topic is full");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(common::retry_after_ms(&refused).is_some(), "{refused:?}");
+    assert!(
+        refused.message().contains("(retry after"),
+        "{}",
+        refused.message()
+    );
+    harness.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_cut_off_by_a_broker_shutdown_fail_and_every_confirmed_one_is_stored()
+-> anyhow::Result<()> {
+    const CALLERS: usize = 400;
+    let port = free_port()?;
+    let mut harness = Harness::start_adjusted("publisher-cut-off", |config| {
+        config.broker.listen = ListenConfig::loopback(port, 0);
+    })
+    .await?;
+    let publisher = Publisher::connect_lazy(&harness.endpoint)?;
+    publisher.publish(outgoing("cut", "warm-up")).await?;
+    let mut calls = tokio::task::JoinSet::new();
+    for index in 0..CALLERS {
+        let publisher = publisher.clone();
+        calls.spawn(async move {
+            let outcome = publisher.publish(outgoing("cut", &index.to_string())).await;
+            (index, outcome)
+        });
+    }
+    tokio::task::yield_now().await;
+    harness.stop().await;
+
+    let mut confirmed = HashMap::new();
+    let mut failed = 0;
+    let all_settled = tokio::time::timeout(WAIT, async {
+        while let Some(joined) = calls.join_next().await {
+            let (index, outcome) = joined?;
+            match outcome {
+                Ok(id) => {
+                    confirmed.insert(id, index.to_string());
+                }
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                    failed += 1;
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    assert!(all_settled.is_ok(), "no publish hangs when the broker goes");
+    all_settled??;
+    assert_eq!(confirmed.len() + failed, CALLERS);
+
+    harness.broker = Some(
+        tta_testkit::start_in_process(
+            tta_runtime::service::ServiceKind::Broker,
+            harness.config.clone(),
+            tta_broker::build,
+        )
+        .await
+        .map_err(|err| anyhow::anyhow!(err))?,
+    );
+    let mut client = harness.client().await?;
+    let stats = common::topic_stats(&mut client, "cut").await?;
+    let stored = stored_payloads(&harness, "cut", stats.depth_normal as usize).await?;
+    for (id, payload) in &confirmed {
+        assert_eq!(
+            stored.get(id),
+            Some(payload),
+            "a confirmed publish is stored"
+        );
+    }
     harness.stop().await;
     Ok(())
 }

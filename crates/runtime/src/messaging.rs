@@ -57,10 +57,14 @@ impl Publisher {
     /// Publishes one message with the current trace context in its headers; returns its id.
     pub async fn publish(&self, message: Outgoing) -> Result<String, Status> {
         let results = self.lane.publish(vec![message.into_proto()]).await?;
-        let result = results
+        let mut result = results
             .into_iter()
             .next()
             .ok_or_else(|| Status::internal("the broker answered no publish result"))?;
+        // One message: its fields are named as in a unary Publish (`message.topic`).
+        if let Some(rest) = result.error.strip_prefix("messages[0]") {
+            result.error = format!("message{rest}");
+        }
         publish_lane::result_status(&result)?;
         Ok(result.message_id)
     }
