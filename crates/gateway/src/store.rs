@@ -21,18 +21,25 @@ const WORKFLOW_FIELD: &str = "workflow";
 /// Field of a run hash that holds the request of a resumable turn (see [`Store::remember_request`]).
 const REQUEST_FIELD: &str = "request";
 
-/// Who holds a session's turn lock: `<replica>/<incarnation>/<turn>`. The incarnation is new
-/// for every process start, so a restarted replica recognises its own dead predecessor's locks.
+/// Who holds a session's turn lock: `<replica>/<incarnation>/<turn>/<attempt>`. The
+/// incarnation is new for every process start, so a restarted replica recognises its own dead
+/// predecessor's locks. The attempt tells apart two attempts of one turn in one process (a
+/// client retrying while the first is still running): one attempt never releases a lock the
+/// other took after its own had expired.
 #[derive(Debug, Clone)]
 pub struct LockToken {
     pub replica: String,
     pub incarnation: String,
     pub turn: String,
+    pub attempt: u64,
 }
 
 impl LockToken {
     pub fn value(&self) -> String {
-        format!("{}/{}/{}", self.replica, self.incarnation, self.turn)
+        format!(
+            "{}/{}/{}/{}",
+            self.replica, self.incarnation, self.turn, self.attempt
+        )
     }
 
     fn left_by_earlier_incarnation(&self, holder: &str) -> bool {
@@ -564,10 +571,15 @@ mod tests {
     use super::*;
 
     fn token(replica: &str, incarnation: &str) -> LockToken {
+        attempt(replica, incarnation, 1)
+    }
+
+    fn attempt(replica: &str, incarnation: &str, attempt: u64) -> LockToken {
         LockToken {
             replica: replica.into(),
             incarnation: incarnation.into(),
             turn: "t1".into(),
+            attempt,
         }
     }
 
@@ -584,6 +596,39 @@ mod tests {
             "another replica may still be working"
         );
         assert!(!mine.left_by_earlier_incarnation("garbage"));
-        assert_eq!(mine.value(), "gw-a/new/t1");
+        assert_eq!(mine.value(), "gw-a/new/t1/1");
+    }
+
+    #[tokio::test]
+    async fn an_attempt_whose_lock_expired_does_not_release_the_next_attempts_lock()
+    -> anyhow::Result<()> {
+        let redis = tta_testkit::RedisServer::start()?;
+        let client = tta_runtime::redis::client(&redis.url())?;
+        let store = Store::new(
+            Keyspace::new(&tta_testkit::unique_prefix("lock-attempts")),
+            client.get_connection_manager().await?,
+        );
+        let hold = Duration::from_millis(50);
+        let first = attempt("gw-a", "now", 1);
+        assert!(store.lock("s1", &first, Duration::ZERO, hold).await?);
+        tokio::time::sleep(hold * 2).await;
+
+        let second = attempt("gw-a", "now", 2);
+        assert!(
+            store
+                .lock("s1", &second, Duration::ZERO, Duration::from_secs(5))
+                .await?
+        );
+        // The first attempt, late, lets go of what it thinks is its lock.
+        store.unlock("s1", &first).await?;
+
+        let third = attempt("gw-a", "now", 3);
+        assert!(
+            !store.lock("s1", &third, Duration::ZERO, hold).await?,
+            "the second attempt still holds the session"
+        );
+        store.unlock("s1", &second).await?;
+        assert!(store.lock("s1", &third, Duration::ZERO, hold).await?);
+        Ok(())
     }
 }

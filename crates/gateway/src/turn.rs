@@ -15,7 +15,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
 };
@@ -83,6 +83,8 @@ pub struct TurnRunner {
     instance: String,
     /// New for every process start; see [`crate::store::LockToken`].
     incarnation: String,
+    /// Counts the turn attempts of this process, to tell their locks apart.
+    attempts: Arc<AtomicU64>,
 }
 
 fn now_timestamp() -> prost_types::Timestamp {
@@ -114,6 +116,7 @@ impl TurnRunner {
             workflows,
             instance,
             incarnation: uuid::Uuid::now_v7().simple().to_string(),
+            attempts: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -163,6 +166,7 @@ impl TurnRunner {
             replica: self.instance.clone(),
             incarnation: self.incarnation.clone(),
             turn: request.turn_id.to_string(),
+            attempt: self.attempts.fetch_add(1, Ordering::Relaxed),
         };
         let window = self.config.gateway.history_window;
         let loaded = self
