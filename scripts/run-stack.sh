@@ -273,6 +273,12 @@ if [ -z "${TTA_CONFIG:-}" ] && [ -z "${TTA_GATEWAY__WORKFLOWS_FILE:-}" ]; then
   export TTA_GATEWAY__WORKFLOWS_FILE="$PWD/deploy/workflows/example.yaml"
 fi
 
+# Seven processes share this host: each does best with a single-threaded runtime (see
+# server.worker_threads), unless the configuration says otherwise.
+if [ -z "${TTA_CONFIG:-}" ] && [ -z "${TTA_SERVER__WORKER_THREADS:-}" ]; then
+  export TTA_SERVER__WORKER_THREADS=1
+fi
+
 # Every service reads the same chain (defaults, file, TTA_ environment); the broker's dump of it
 # validates the configuration once, up front, and tells us where everything will listen.
 if ! dumped=$("$bin_dir/tta-broker" "${config_args[@]}" --dump-config 2>&1); then

@@ -44,9 +44,10 @@ pub struct TurnsBenchArgs {
     /// Directory with the world files.
     #[arg(long, default_value = "deploy/worlds")]
     worlds: PathBuf,
-    /// Runtime threads of each service (`server.worker_threads`; 0 = one per core, as
-    /// deployed).
-    #[arg(long, default_value_t = 0)]
+    /// Runtime threads of each service (`server.worker_threads`; 0 = one per core). The
+    /// default, 1, is how the single-host stack runs (`make run`, compose): seven processes
+    /// share the machine.
+    #[arg(long, default_value_t = 1)]
     service_threads: usize,
     /// Print one JSON object instead of the report.
     #[arg(long)]

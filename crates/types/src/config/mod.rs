@@ -101,8 +101,9 @@ pub struct ServerConfig {
     /// Kubernetes' default 30 s termination grace and our own 5 s stop budget.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
-    /// Threads of the async runtime; 0 = one per core the process may use. Several services
-    /// sharing a small host each do better with 1: a message then wakes one thread, not two.
+    /// Threads of the async runtime; 0 = one per core the process may use; 1 = a
+    /// single-threaded runtime. Several services sharing a small host each do better with 1: a
+    /// message then wakes one thread, not two.
     pub worker_threads: usize,
 }
 
