@@ -25,13 +25,8 @@ pub type Responses = mpsc::Sender<Result<pb::PublishStreamResponse, Status>>;
 /// Serves one stream until the client ends it, the transport breaks or the broker shuts down.
 /// Frames already taken are always answered; on shutdown, frames not yet read are left to the
 /// client (which sees the stream end and fails them as unavailable).
-pub async fn run<S>(
-    service: BrokerService,
-    mut frames: S,
-    responses: Responses,
-    trace: TraceHeaders,
-    shutdown: Shutdown,
-) where
+pub async fn run<S>(service: BrokerService, mut frames: S, responses: Responses, shutdown: Shutdown)
+where
     S: Stream<Item = Result<pb::PublishStreamRequest, Status>> + Unpin + Send + 'static,
 {
     let mut running = JoinSet::new();
@@ -59,12 +54,7 @@ pub async fn run<S>(
                 let (group, broken) = gather(first, &mut frames);
                 reading = broken.is_none();
                 failure = failure.or(broken.flatten());
-                running.spawn(publish_group(
-                    service.clone(),
-                    group,
-                    trace.clone(),
-                    responses.clone(),
-                ));
+                running.spawn(publish_group(service.clone(), group, responses.clone()));
             }
             Some(joined) = running.join_next(), if !running.is_empty() => {
                 if joined.is_err() {
@@ -111,9 +101,11 @@ where
 async fn publish_group(
     service: BrokerService,
     group: Vec<pb::PublishStreamRequest>,
-    trace: TraceHeaders,
     responses: Responses,
 ) {
+    // A long-lived stream belongs to no one request: each message carries its own trace
+    // context, or none (its consumer then starts a trace of its own).
+    let no_trace = TraceHeaders::new();
     let mut answers = Vec::with_capacity(group.len());
     let mut items = Vec::new();
     for frame in group {
@@ -138,7 +130,7 @@ async fn publish_group(
                         &|| format!("messages[{index}]"),
                         message,
                         None,
-                        &trace,
+                        &no_trace,
                     )
                 }),
         );

@@ -217,14 +217,11 @@ impl Broker for BrokerService {
         &self,
         request: Request<Streaming<pb::PublishStreamRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        // Taken here, inside the call's span: the stream is served by a task of its own.
-        let trace = outgoing::current_trace_headers();
         let (sender, receiver) = mpsc::channel(64);
         tokio::spawn(crate::publish_stream::run(
             self.clone(),
             request.into_inner(),
             sender,
-            trace,
             self.shutdown.clone(),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))

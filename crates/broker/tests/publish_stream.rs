@@ -346,3 +346,48 @@ async fn publishes_cut_off_by_a_broker_shutdown_fail_and_every_confirmed_one_is_
     harness.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_lends_no_trace_context_of_its_own_to_its_messages() -> anyhow::Result<()> {
+    const CALL_TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const MESSAGE_TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut harness = Harness::start("publish-stream-trace").await?;
+    let mut client = harness.client().await?;
+    let (frames, outgoing) = mpsc::channel(4);
+    let mut call = tonic::Request::new(ReceiverStream::new(outgoing));
+    call.metadata_mut()
+        .insert("traceparent", CALL_TRACE.parse()?);
+    let mut responses = client.publish_stream(call).await?.into_inner();
+
+    let mut traced = message("traces", pb::Priority::Normal, "traced");
+    traced
+        .headers
+        .insert("traceparent".into(), MESSAGE_TRACE.into());
+    let untraced = message("traces", pb::Priority::Normal, "untraced");
+    frames.send(frame(1, vec![traced, untraced])).await?;
+    let answered = answers(&mut responses, 1).await?;
+    assert!(answered[&1].results.iter().all(|result| result.code == 0));
+
+    let mut consumer = Consumer::subscribe(&mut client, "traces", "reader", 8).await?;
+    for _ in 0..2 {
+        let delivery = consumer.next(WAIT).await?;
+        let headers = delivery
+            .message
+            .as_ref()
+            .map(|message| message.headers.clone())
+            .unwrap_or_default();
+        match payload_text(&delivery).as_str() {
+            "traced" => assert_eq!(
+                headers.get("traceparent").map(String::as_str),
+                Some(MESSAGE_TRACE)
+            ),
+            _ => assert!(
+                !headers.contains_key("traceparent"),
+                "the call's trace is not the message's: {headers:?}"
+            ),
+        }
+        consumer.ack(&delivery.receipt).await?;
+    }
+    harness.stop().await;
+    Ok(())
+}
