@@ -71,15 +71,7 @@ impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         let code = err.error_code().grpc_code();
         match err.retry_after() {
-            Some(wait) => {
-                let millis = wait.as_millis();
-                let mut status =
-                    tonic::Status::new(code, format!("{err} (retry after {millis} ms)"));
-                if let Ok(value) = millis.to_string().parse() {
-                    status.metadata_mut().insert("retry-after-ms", value);
-                }
-                status
-            }
+            Some(wait) => tta_types::error::status_with_retry_hint(code, &err, wait),
             None => tonic::Status::new(code, err.to_string()),
         }
     }

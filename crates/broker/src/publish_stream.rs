@@ -9,10 +9,9 @@ use tokio::{sync::mpsc, task::JoinSet};
 use tonic::Status;
 use tta_proto::v1 as pb;
 use tta_runtime::Shutdown;
-use tta_types::FieldViolation;
 
 use crate::{
-    outgoing::{self, TraceHeaders},
+    outgoing::TraceHeaders,
     service::{BrokerService, MAX_BATCH},
 };
 
@@ -109,31 +108,13 @@ async fn publish_group(
     let mut answers = Vec::with_capacity(group.len());
     let mut items = Vec::new();
     for frame in group {
-        let count = frame.messages.len();
-        if count == 0 || count > MAX_BATCH {
-            let violation = FieldViolation::new(
-                "messages",
-                format!("must hold 1 to {MAX_BATCH} messages, got {count}"),
-            );
-            answers.push((frame.sequence, Err(violation.to_string())));
-            continue;
+        match service.validate_batch(frame.messages, &no_trace) {
+            Ok(checked) => {
+                answers.push((frame.sequence, Ok(checked.len())));
+                items.extend(checked);
+            }
+            Err(violation) => answers.push((frame.sequence, Err(violation.to_string()))),
         }
-        answers.push((frame.sequence, Ok(count)));
-        items.extend(
-            frame
-                .messages
-                .into_iter()
-                .enumerate()
-                .map(|(index, message)| {
-                    outgoing::validate(
-                        service.engine().config(),
-                        &|| format!("messages[{index}]"),
-                        message,
-                        None,
-                        &no_trace,
-                    )
-                }),
-        );
     }
     let mut results = service.publish_validated(items).await.into_iter();
     for (sequence, answer) in answers {

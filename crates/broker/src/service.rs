@@ -46,8 +46,35 @@ impl BrokerService {
         }
     }
 
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.engine
+    /// Checks the messages of a batch (a `PublishBatch` request or a publish-stream frame):
+    /// 1 to [`MAX_BATCH`] of them, each named `messages[i]` when it is invalid.
+    pub(crate) fn validate_batch(
+        &self,
+        messages: Vec<pb::OutgoingMessage>,
+        trace: &outgoing::TraceHeaders,
+    ) -> Result<Vec<Result<Outgoing, FieldViolation>>, FieldViolation> {
+        if messages.is_empty() || messages.len() > MAX_BATCH {
+            return Err(FieldViolation::new(
+                "messages",
+                format!(
+                    "must hold 1 to {MAX_BATCH} messages, got {}",
+                    messages.len()
+                ),
+            ));
+        }
+        Ok(messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| {
+                outgoing::validate(
+                    self.engine.config(),
+                    &|| format!("messages[{index}]"),
+                    message,
+                    None,
+                    trace,
+                )
+            })
+            .collect())
     }
 
     pub(crate) async fn publish_validated(
@@ -179,31 +206,10 @@ impl Broker for BrokerService {
         &self,
         request: Request<pb::PublishBatchRequest>,
     ) -> Result<Response<pb::PublishBatchResponse>, Status> {
-        let messages = request.into_inner().messages;
-        if messages.is_empty() || messages.len() > MAX_BATCH {
-            return Err(FieldViolation::new(
-                "messages",
-                format!(
-                    "must hold 1 to {MAX_BATCH} messages, got {}",
-                    messages.len()
-                ),
-            )
-            .into());
-        }
-        let trace = outgoing::current_trace_headers();
-        let items = messages
-            .into_iter()
-            .enumerate()
-            .map(|(index, message)| {
-                outgoing::validate(
-                    self.engine.config(),
-                    &|| format!("messages[{index}]"),
-                    message,
-                    None,
-                    &trace,
-                )
-            })
-            .collect();
+        let items = self.validate_batch(
+            request.into_inner().messages,
+            &outgoing::current_trace_headers(),
+        )?;
         let results = self.publish_validated(items).await;
         if let Some(status) = batch_failure(&results) {
             return Err(status);

@@ -75,17 +75,11 @@ impl ServiceError for Error {
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         match &err {
-            Error::Shed { retry_after, .. } => {
-                let millis = retry_after.as_millis();
-                let mut status = tonic::Status::new(
-                    err.error_code().grpc_code(),
-                    format!("{err} (retry after {millis} ms)"),
-                );
-                if let Ok(value) = millis.to_string().parse() {
-                    status.metadata_mut().insert("retry-after-ms", value);
-                }
-                status
-            }
+            Error::Shed { retry_after, .. } => tta_types::error::status_with_retry_hint(
+                err.error_code().grpc_code(),
+                &err,
+                *retry_after,
+            ),
             _ => err.to_status(),
         }
     }

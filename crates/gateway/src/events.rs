@@ -89,12 +89,7 @@ impl EventSink {
     }
 
     pub fn failed(&self, status: &tonic::Status) {
-        let retry_after = status
-            .metadata()
-            .get("retry-after-ms")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<u64>().ok())
-            .map(Duration::from_millis);
+        let retry_after = tta_types::error::retry_hint(status);
         self.emit(Event::Failed(pb::TurnFailed {
             code: status.code() as i32,
             message: status.message().to_owned(),

@@ -196,14 +196,8 @@ async fn publish_unary(mut client: BrokerClient<Channel>, call: Call) {
             }
             Err(status) => pb::PublishResult {
                 topic,
-                retry_after: status
-                    .metadata()
-                    .get("retry-after-ms")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|text| text.parse::<u64>().ok())
-                    .and_then(|millis| {
-                        prost_types::Duration::try_from(Duration::from_millis(millis)).ok()
-                    }),
+                retry_after: tta_types::error::retry_hint(&status)
+                    .and_then(|wait| prost_types::Duration::try_from(wait).ok()),
                 code: status.code() as i32,
                 // The hint goes back into the message when the result is read.
                 error: status
@@ -313,12 +307,11 @@ pub fn result_status(result: &pb::PublishResult) -> Result<(), Status> {
         return Err(Status::new(code, result.error.clone()));
     };
     // As the broker's own calls say it: in the message and in the trailer.
-    let millis = wait.as_millis();
-    let mut status = Status::new(code, format!("{} (retry after {millis} ms)", result.error));
-    if let Ok(value) = millis.to_string().parse() {
-        status.metadata_mut().insert("retry-after-ms", value);
-    }
-    Err(status)
+    Err(tta_types::error::status_with_retry_hint(
+        code,
+        &result.error,
+        wait,
+    ))
 }
 
 #[cfg(test)]

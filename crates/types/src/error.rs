@@ -1,7 +1,7 @@
 //! One small vocabulary of failure kinds, mapped once to gRPC codes and HTTP statuses, so every
 //! service answers the same situation the same way.
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 /// What kind of failure a service error is, independent of transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +69,35 @@ pub trait ServiceError: std::error::Error {
     }
 }
 
+/// The trailer of the contract's retry hint, in milliseconds (on RESOURCE_EXHAUSTED and
+/// UNAVAILABLE).
+pub const RETRY_AFTER_METADATA: &str = "retry-after-ms";
+
+/// A status with the contract's retry hint: the `(retry after N ms)` suffix on the message and
+/// the `retry-after-ms` trailer.
+pub fn status_with_retry_hint(
+    code: tonic::Code,
+    message: impl fmt::Display,
+    wait: Duration,
+) -> tonic::Status {
+    let millis = wait.as_millis();
+    let mut status = tonic::Status::new(code, format!("{message} (retry after {millis} ms)"));
+    if let Ok(value) = millis.to_string().parse() {
+        status.metadata_mut().insert(RETRY_AFTER_METADATA, value);
+    }
+    status
+}
+
+/// The retry hint a status carries in its trailer, if any.
+pub fn retry_hint(status: &tonic::Status) -> Option<Duration> {
+    status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok())
+        .map(Duration::from_millis)
+}
+
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` with a message that starts
 /// with the field path, e.g. `session_id: must not be empty`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +144,18 @@ impl From<FieldViolation> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_hint_travels_in_the_message_and_the_trailer() {
+        let status = status_with_retry_hint(
+            tonic::Code::Unavailable,
+            "redis is down",
+            Duration::from_millis(250),
+        );
+        assert_eq!(status.message(), "redis is down (retry after 250 ms)");
+        assert_eq!(retry_hint(&status), Some(Duration::from_millis(250)));
+        assert_eq!(retry_hint(&tonic::Status::unavailable("no hint")), None);
+    }
 
     #[test]
     fn field_violation_becomes_invalid_argument_naming_the_field() {
