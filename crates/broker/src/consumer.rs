@@ -376,28 +376,15 @@ fn check_reply(
     publish: Vec<pb::OutgoingMessage>,
     trace: &outgoing::TraceHeaders,
 ) -> Result<Vec<crate::engine::Outgoing>, FieldViolation> {
-    if publish.is_empty() || publish.len() > MAX_REPLY_MESSAGES {
-        return Err(FieldViolation::new(
-            "reply.publish",
-            format!(
-                "must hold 1 to {MAX_REPLY_MESSAGES} messages, got {}",
-                publish.len()
-            ),
-        ));
-    }
-    publish
-        .into_iter()
-        .enumerate()
-        .map(|(index, message)| {
-            outgoing::validate(
-                engine.config(),
-                &|| format!("reply.publish[{index}]"),
-                message,
-                None,
-                trace,
-            )
-        })
-        .collect()
+    outgoing::validate_batch(
+        engine.config(),
+        "reply.publish",
+        MAX_REPLY_MESSAGES,
+        publish,
+        trace,
+    )?
+    .into_iter()
+    .collect()
 }
 
 /// Nacks one delivery of this stream and gives its credit back.

@@ -28,6 +28,36 @@ pub fn current_trace_headers() -> TraceHeaders {
     headers
 }
 
+/// Checks the messages of a batch: 1 to `limit` of them (else a violation of `field`), then
+/// each one, named `<field>[i]` when it is invalid.
+pub fn validate_batch(
+    config: &BrokerConfig,
+    field: &str,
+    limit: usize,
+    messages: Vec<pb::OutgoingMessage>,
+    trace: &TraceHeaders,
+) -> Result<Vec<Result<Outgoing, FieldViolation>>, FieldViolation> {
+    if messages.is_empty() || messages.len() > limit {
+        return Err(FieldViolation::new(
+            field,
+            format!("must hold 1 to {limit} messages, got {}", messages.len()),
+        ));
+    }
+    Ok(messages
+        .into_iter()
+        .enumerate()
+        .map(|(index, message)| {
+            validate(
+                config,
+                &|| format!("{field}[{index}]"),
+                message,
+                None,
+                trace,
+            )
+        })
+        .collect())
+}
+
 /// Checks one outgoing message; `field` is its path in the request (e.g. `messages[3]`).
 ///
 /// Field paths are only formatted when something is wrong: this runs for every message of

@@ -46,35 +46,13 @@ impl BrokerService {
         }
     }
 
-    /// Checks the messages of a batch (a `PublishBatch` request or a publish-stream frame):
-    /// 1 to [`MAX_BATCH`] of them, each named `messages[i]` when it is invalid.
+    /// Checks the messages of a `PublishBatch` request or a publish-stream frame.
     pub(crate) fn validate_batch(
         &self,
         messages: Vec<pb::OutgoingMessage>,
         trace: &outgoing::TraceHeaders,
     ) -> Result<Vec<Result<Outgoing, FieldViolation>>, FieldViolation> {
-        if messages.is_empty() || messages.len() > MAX_BATCH {
-            return Err(FieldViolation::new(
-                "messages",
-                format!(
-                    "must hold 1 to {MAX_BATCH} messages, got {}",
-                    messages.len()
-                ),
-            ));
-        }
-        Ok(messages
-            .into_iter()
-            .enumerate()
-            .map(|(index, message)| {
-                outgoing::validate(
-                    self.engine.config(),
-                    &|| format!("messages[{index}]"),
-                    message,
-                    None,
-                    trace,
-                )
-            })
-            .collect())
+        outgoing::validate_batch(self.engine.config(), "messages", MAX_BATCH, messages, trace)
     }
 
     pub(crate) async fn publish_validated(
