@@ -18,7 +18,7 @@ use tta_runtime::{
 };
 use tta_types::AgentId;
 
-pub const RESULT_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentResult";
+mod chain;
 
 /// Why an engine could not produce an output for a task.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -64,9 +64,13 @@ impl Worker {
     }
 
     async fn handle(&self, delivery: pb::Delivery) -> Settle {
-        let payload = delivery
+        let (payload, priority) = delivery
             .message
-            .map(|message| message.payload)
+            .map(|message| {
+                let priority =
+                    pb::Priority::try_from(message.priority).unwrap_or(pb::Priority::Normal);
+                (message.payload, priority)
+            })
             .unwrap_or_default();
         let task = match pb::AgentTask::decode(payload) {
             Ok(task) => task,
@@ -124,16 +128,23 @@ impl Worker {
             error,
             duration: prost_types::Duration::try_from(elapsed).ok(),
             finished_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+            chained: Vec::new(),
         };
-        // The broker publishes the result and acks the task in one step.
-        Settle::Reply(Box::new(Outgoing {
-            topic: task.reply_topic.clone(),
-            payload: result.encode_to_vec(),
-            content_type: RESULT_CONTENT_TYPE.to_owned(),
-            priority: pb::Priority::High,
-            // A redelivered task answers once.
-            idempotency_key: Some(format!("result.{}.{}", task.task_id, task.attempt)),
-            headers: Default::default(),
+        // The broker publishes the outgoing message and acks the task in one step.
+        Settle::Reply(Box::new(match chain::hand_on(task, result, priority) {
+            chain::Next::Task(next) => next,
+            chain::Next::Answer {
+                reply_topic,
+                result,
+            } => Outgoing {
+                // A redelivered task answers once.
+                idempotency_key: Some(format!("result.{}.{}", result.task_id, result.attempt)),
+                topic: reply_topic,
+                payload: result.encode_to_vec(),
+                content_type: tta_runtime::agents::RESULT_CONTENT_TYPE.to_owned(),
+                priority: pb::Priority::High,
+                headers: Default::default(),
+            },
         }))
     }
 }

@@ -51,4 +51,11 @@ impl Breakers {
     pub fn admit(&self, agent_type: &str) -> Option<Permit> {
         self.breaker(agent_type).try_acquire()
     }
+
+    /// Whether steps of `agent_type` are dispatched without restriction. A step is handed on to
+    /// an agent type by the agent before it only then: an isolated or probing type is reached
+    /// through the gateway, which judges its answers.
+    pub fn is_closed(&self, agent_type: &str) -> bool {
+        self.breaker(agent_type).state() == tta_runtime::breaker::CircuitState::Closed
+    }
 }

@@ -23,12 +23,7 @@ use tta_types::config::CircuitBreakerConfig;
 
 use crate::{breaker::Breakers, store::Store};
 
-pub const TASK_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentTask";
-
-/// The topic agents of a type consume.
-pub fn task_topic(agent_type: &str) -> String {
-    format!("agent.{agent_type}")
-}
+pub use tta_runtime::agents::task_topic;
 
 #[derive(Debug)]
 pub enum DispatchError {
@@ -122,9 +117,12 @@ impl Dispatcher {
         let message = Outgoing {
             topic,
             // The same task published twice (a retried turn) is enqueued once.
-            idempotency_key: Some(format!("task.{}.{}", sanitize(&task_id), task.attempt)),
+            idempotency_key: Some(tta_runtime::agents::task_idempotency_key(
+                &task_id,
+                task.attempt,
+            )),
             payload: task.encode_to_vec(),
-            content_type: TASK_CONTENT_TYPE.to_owned(),
+            content_type: tta_runtime::agents::TASK_CONTENT_TYPE.to_owned(),
             priority,
             headers: HashMap::new(),
         };
@@ -167,7 +165,8 @@ impl Dispatcher {
     /// The handler of the reply topic: hand the result to its waiting turn, persist it, then
     /// ack. The turn goes on while the result is written; the ack still waits for the write,
     /// so a result is never lost, and a turn that outlives a crash is retried from the record
-    /// or its answer.
+    /// or its answer. The answer of a chain (`AgentTask.next_steps`) goes to the turn waiting
+    /// for the chain's first task, and each chained step's result is recorded with it.
     pub fn result_handler(&self) -> Handler {
         let dispatcher = self.clone();
         Arc::new(move |delivery: pb::Delivery| {
@@ -181,43 +180,36 @@ impl Dispatcher {
                     Ok(result) => result,
                     Err(err) => return Settle::Reject(format!("undecodable AgentResult: {err}")),
                 };
-                let (session, turn, step) = (
-                    result.session_id.clone(),
-                    result.turn_id.clone(),
-                    result.step_id.clone(),
-                );
-                let waiter = dispatcher
-                    .waiters
-                    .lock()
-                    .ok()
-                    .and_then(|mut waiters| waiters.remove(&result.task_id));
-                let task = result.task_id.clone();
+                let (session, turn) = (result.session_id.clone(), result.turn_id.clone());
+                let mut records: Vec<(String, Vec<u8>)> = result
+                    .chained
+                    .iter()
+                    .map(|chained| (chained.step_id.clone(), chained.encode_to_vec()))
+                    .collect();
+                records.push((result.step_id.clone(), payload.to_vec()));
+                // A chain's answer is awaited by the turn that dispatched one of its tasks.
+                let first_task = result
+                    .chained
+                    .first()
+                    .map_or_else(|| result.task_id.clone(), |first| first.task_id.clone());
+                let waiter = dispatcher.waiters.lock().ok().and_then(|mut waiters| {
+                    std::iter::once(&result.task_id)
+                        .chain(result.chained.iter().map(|chained| &chained.task_id))
+                        .find_map(|task| waiters.remove(task))
+                });
                 if let Some(waiter) = waiter {
                     let _ = waiter.send(result);
                 }
                 if let Err(err) = dispatcher
                     .store
-                    .record_step(&session, &turn, &step, &payload)
+                    .record_steps(&session, &turn, &records)
                     .await
                 {
-                    tracing::warn!(task = %task, error = %err, "cannot record a step result; will retry");
+                    tracing::warn!(task = %first_task, error = %err, "cannot record a step result; will retry");
                     return Settle::Retry(err.to_string());
                 }
                 Settle::Ack
             })
         })
     }
-}
-
-/// Idempotency keys use the shared id alphabet.
-fn sanitize(raw: &str) -> String {
-    raw.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
 }

@@ -490,17 +490,32 @@ impl Store {
         .await
     }
 
-    /// Records a step result as it arrived (`encoded` is the `AgentResult` of that step); the
-    /// first one stored for a step wins (a redelivered task may answer twice).
-    pub async fn record_step(
+    /// Records step results as they arrived (each an encoded `AgentResult`, by step id: one
+    /// answer, or a chain's answer with the results chained before it); the first one stored
+    /// for a step wins (a redelivered task may answer twice).
+    pub async fn record_steps(
         &self,
         session: &str,
         turn: &str,
-        step: &str,
-        encoded: &[u8],
+        steps: &[(String, Vec<u8>)],
     ) -> Result<(), Error> {
-        self.keep_in_run(session, turn, &format!("step:{step}"), encoded)
-            .await
+        let key = self.run_key(session, turn);
+        let mut pipe = redis::pipe();
+        for (step, encoded) in steps {
+            pipe.cmd("HSETNX")
+                .arg(&key)
+                .arg(format!("step:{step}"))
+                .arg(encoded)
+                .ignore();
+        }
+        let _: () = pipe
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(RUN_RETENTION.as_millis() as u64)
+            .ignore()
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(())
     }
 
     /// Writes one field of a run record unless it is there already, and keeps the record for

@@ -330,6 +330,7 @@ impl TurnRunner {
             settings: session.settings.clone(),
             session_version: session.version,
             metadata,
+            input_safety: Some(input_safety.clone()),
         };
         let earlier: HashMap<String, pb::AgentResult> = state
             .steps
@@ -352,6 +353,8 @@ impl TurnRunner {
                 input_safety: &input_safety,
                 events,
                 resumed,
+                // A stream reports each step as it starts and ends, which a chain would hide.
+                hand_on: !events.is_listening(),
             },
         )
         .await;
@@ -549,6 +552,8 @@ impl TurnRunner {
                         assessment: Some((&assessment).into()),
                         round: regeneration.attempt,
                     }),
+                    next_steps: Vec::new(),
+                    chained: Vec::new(),
                 };
                 let rejected = &rejected;
                 async move {

@@ -973,3 +973,158 @@ async fn a_turn_leaves_its_session_unlocked_when_it_answers_and_when_it_is_repla
     );
     harness.stop().await;
 }
+
+/// What a scripted agent saw of a task: its step, the steps it was to hand on to, the outputs
+/// it was given and the results chained before it.
+type SeenTask = (String, Vec<String>, Vec<String>, Vec<String>);
+
+fn seen(task: &pb::AgentTask) -> SeenTask {
+    (
+        task.step_id.clone(),
+        task.next_steps.iter().map(|s| s.step_id.clone()).collect(),
+        task.upstream.iter().map(|s| s.step_id.clone()).collect(),
+        task.chained.iter().map(|r| r.step_id.clone()).collect(),
+    )
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|item| (*item).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
+    let mut harness = Harness::start().await;
+    let tasks: Arc<Mutex<Vec<SeenTask>>> = Arc::default();
+    for agent_type in ["ipa", "mood", "broken", "nga"] {
+        let tasks = tasks.clone();
+        harness.agent(
+            agent_type,
+            |_| Duration::ZERO,
+            move |task| {
+                tasks.lock().unwrap().push(seen(task));
+                match task.agent_type.as_str() {
+                    "ipa" => Ok(ipa("look")),
+                    "mood" => Ok(custom("mood", "calm")),
+                    "broken" => Err(TaskError::Permanent("cannot read the tides".to_owned())),
+                    _ => narrator(task),
+                }
+            },
+        );
+    }
+    harness
+        .register(workflow(
+            "line",
+            vec![
+                step("ipa", "ipa", &[]),
+                step("mood", "mood", &["ipa"]),
+                step("nga", "nga", &["mood"]),
+            ],
+        ))
+        .await;
+
+    let response = harness.turn("s-line", "line", "look around").await;
+    assert!(!response.degraded, "{:?}", response.degraded_reasons);
+    assert_eq!(response.text, "You look around. Seen: ipa,mood.");
+    for step in ["ipa", "mood", "nga"] {
+        assert_eq!(
+            outcome_of(&response, step),
+            (pb::StepOutcome::Succeeded as i32, 1),
+            "{step}"
+        );
+    }
+    assert!(
+        response
+            .timings
+            .iter()
+            .filter(|timing| timing.agent_type != "gateway")
+            .all(|timing| timing.agent.is_some()),
+        "every agent step names the instance that ran it: {:?}",
+        response.timings
+    );
+    // The gateway dispatched the first task only; each agent handed its output on.
+    assert_eq!(
+        *tasks.lock().unwrap(),
+        [
+            (
+                "ipa".to_owned(),
+                strings(&["mood", "nga"]),
+                strings(&[]),
+                strings(&[])
+            ),
+            (
+                "mood".to_owned(),
+                strings(&["nga"]),
+                strings(&["ipa"]),
+                strings(&["ipa"])
+            ),
+            (
+                "nga".to_owned(),
+                strings(&[]),
+                strings(&["ipa", "mood"]),
+                strings(&["ipa", "mood"])
+            ),
+        ]
+    );
+    // Each step's result is in the run record, as if the gateway had dispatched it.
+    let client = redis::Client::open(harness.redis.url()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let run_key =
+        tta_runtime::redis::Keyspace::new(&harness.prefix).tagged("s-line", &["run", "t1"]);
+    let mut fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&run_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["response", "step:ipa", "step:mood", "step:nga", "workflow"]
+    );
+
+    // A step that fails in the middle of the line answers the gateway, which takes over: the
+    // fallback stands in and the rest of the line is dispatched by the gateway.
+    harness
+        .register(workflow(
+            "broken-line",
+            vec![
+                step("ipa", "ipa", &[]),
+                pb::WorkflowStep {
+                    fallback: Some(pb::workflow_step::Fallback::FallbackOutput(fallback_text(
+                        "custom", "calm",
+                    ))),
+                    ..step("broken", "broken", &["ipa"])
+                },
+                step("nga", "nga", &["broken"]),
+            ],
+        ))
+        .await;
+    tasks.lock().unwrap().clear();
+    let response = harness
+        .turn("s-broken-line", "broken-line", "look around")
+        .await;
+    assert!(
+        response
+            .degraded_reasons
+            .iter()
+            .any(|reason| reason.starts_with("broken: fallback used")),
+        "{:?}",
+        response.degraded_reasons
+    );
+    assert_eq!(response.text, "You look around. Seen: ipa,broken.");
+    let steps: Vec<(String, Vec<String>)> = tasks
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(step, next, _, _)| (step.clone(), next.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("ipa".to_owned(), strings(&["broken", "nga"])),
+            ("broken".to_owned(), strings(&["nga"])),
+            ("nga".to_owned(), strings(&[])),
+        ],
+        "the IPA ran once, in the chain; the NGA was dispatched by the gateway"
+    );
+    harness.stop().await;
+}

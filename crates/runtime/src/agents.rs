@@ -15,6 +15,38 @@ use crate::redis::Keyspace;
 /// Label of an instance's record that names its own task topic.
 pub const DIRECT_TOPIC_LABEL: &str = "direct_topic";
 
+/// Content type of an `AgentTask` on a broker topic.
+pub const TASK_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentTask";
+/// Content type of an `AgentResult` on a reply topic.
+pub const RESULT_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentResult";
+
+/// The topic every instance of an agent type consumes.
+pub fn task_topic(agent_type: &str) -> String {
+    format!("agent.{agent_type}")
+}
+
+/// The task id of a run's step (`<run_id>:<step_id>`); its attempts share it.
+pub fn task_id(run_id: &str, step_id: &str) -> String {
+    format!("{run_id}:{step_id}")
+}
+
+/// The idempotency key of a task's publish. The orchestrator and an agent handing its output on
+/// (`AgentTask.next_steps`) use the same key, so a task is enqueued once whoever publishes it.
+pub fn task_idempotency_key(task_id: &str, attempt: u32) -> String {
+    // Keys use the shared id alphabet.
+    let task_id: String = task_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("task.{task_id}.{attempt}")
+}
+
 /// The topic only this instance consumes, for steps that need capabilities not every instance of
 /// the type has (`WorkflowStep.required_capabilities`): `agent.<type>.direct.<instance>`, with
 /// the characters topic names do not allow replaced by `.`.

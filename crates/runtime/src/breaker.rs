@@ -79,6 +79,12 @@ impl Permit {
         self.finish(false, Instant::now());
     }
 
+    /// Reports nothing: the call's silence cannot be laid at this breaker's door (it covered
+    /// the work of others too). Only for a permit of a closed breaker, which probes nothing.
+    pub fn abstain(mut self) {
+        self.reported = true;
+    }
+
     fn finish(mut self, success: bool, now: Instant) {
         self.reported = true;
         self.breaker.record(success, now);

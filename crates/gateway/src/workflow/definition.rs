@@ -60,6 +60,11 @@ pub struct Step {
     pub fallback_only: bool,
     /// Every step this one depends on, directly or transitively, in workflow order.
     pub ancestors: Vec<String>,
+    /// The steps an agent may run after this one without the gateway in between
+    /// (`AgentTask.next_steps`), in order: set when the workflow is one line of steps, each
+    /// depending on the one before, and stopping before the first step whose condition or
+    /// capabilities the gateway must judge.
+    pub hand_on_to: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -306,8 +311,10 @@ pub fn validate(
                 .filter(|&&other| ancestors[i].contains(&other))
                 .map(|&other| definition.steps[other].id.clone())
                 .collect(),
+            hand_on_to: Vec::new(),
         });
     }
+    link_chains(&mut steps);
 
     let route = match &definition.route {
         None => Route::default(),
@@ -435,6 +442,28 @@ fn describe_cycle(
 }
 
 /// For each step, the set of steps it depends on directly or transitively.
+/// Fills [`Step::hand_on_to`] when the runnable steps form one line.
+fn link_chains(steps: &mut [Step]) {
+    let runnable: Vec<usize> = (0..steps.len())
+        .filter(|&i| !steps[i].fallback_only)
+        .collect();
+    let one_line = runnable
+        .windows(2)
+        .all(|pair| steps[pair[1]].depends_on.contains(&steps[pair[0]].id));
+    if !one_line {
+        return;
+    }
+    for (position, &i) in runnable.iter().enumerate() {
+        let following: Vec<String> = runnable[position + 1..]
+            .iter()
+            .map(|&j| &steps[j])
+            .take_while(|step| step.condition.is_none() && step.required_capabilities.is_empty())
+            .map(|step| step.id.clone())
+            .collect();
+        steps[i].hand_on_to = following;
+    }
+}
+
 fn ancestors(
     definition: &pb::WorkflowDefinition,
     index: &HashMap<&str, usize>,
@@ -534,6 +563,81 @@ mod tests {
         // A step's default timeout never exceeds the workflow's.
         assert_eq!(workflow.steps[0].timeout, Duration::from_secs(2));
         assert_eq!(workflow.steps[2].ancestors, ["ipa", "wba"]);
+    }
+
+    fn hand_ons(workflow: &Workflow) -> Vec<(&str, Vec<&str>)> {
+        workflow
+            .steps
+            .iter()
+            .map(|step| {
+                let next = step.hand_on_to.iter().map(String::as_str).collect();
+                (step.id.as_str(), next)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_line_of_steps_is_chained_up_to_the_first_step_the_gateway_must_judge() {
+        let collaborative = validate(
+            &definition(vec![
+                step("ipa", &[]),
+                step("wba", &["ipa"]),
+                step("nga", &["ipa", "wba"]),
+            ]),
+            DEFAULTS,
+        )
+        .unwrap();
+        assert_eq!(
+            hand_ons(&collaborative),
+            [
+                ("ipa", vec!["wba", "nga"]),
+                ("wba", vec!["nga"]),
+                ("nga", vec![])
+            ]
+        );
+
+        let mut judged = step("nga", &["wba"]);
+        judged.condition = "ipa.intent == \"look\"".to_owned();
+        let conditional = validate(
+            &definition(vec![step("ipa", &[]), step("wba", &["ipa"]), judged]),
+            DEFAULTS,
+        )
+        .unwrap();
+        assert_eq!(
+            hand_ons(&conditional),
+            [("ipa", vec!["wba"]), ("wba", vec![]), ("nga", vec![])]
+        );
+
+        let mut picky = step("wba", &["ipa"]);
+        picky.required_capabilities = vec!["gpu".to_owned()];
+        let capable = validate(
+            &definition(vec![step("ipa", &[]), picky, step("nga", &["wba"])]),
+            DEFAULTS,
+        )
+        .unwrap();
+        assert_eq!(
+            hand_ons(&capable),
+            [("ipa", vec![]), ("wba", vec!["nga"]), ("nga", vec![])]
+        );
+    }
+
+    #[test]
+    fn parallel_branches_are_not_chained() {
+        let branches = validate(
+            &definition(vec![
+                step("ipa", &[]),
+                step("wba", &["ipa"]),
+                step("mood", &["ipa"]),
+                step("nga", &["wba", "mood"]),
+            ]),
+            DEFAULTS,
+        )
+        .unwrap();
+        assert!(
+            branches.steps.iter().all(|step| step.hand_on_to.is_empty()),
+            "{:?}",
+            hand_ons(&branches)
+        );
     }
 
     #[test]

@@ -10,6 +10,10 @@
 
 use std::{
     collections::HashMap,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -21,6 +25,7 @@ use super::{
     view::StepScope,
 };
 use crate::{
+    breaker::Breakers,
     dispatch::{DispatchError, Dispatcher},
     events::EventSink,
 };
@@ -42,6 +47,9 @@ pub struct RunInput<'a> {
     pub events: &'a EventSink,
     /// An earlier attempt of this turn ran: results of its tasks may already be stored.
     pub resumed: bool,
+    /// Agents may hand outputs on to the next steps of a line themselves
+    /// ([`Step::hand_on_to`]). Off when each step's start and end is reported as it happens.
+    pub hand_on: bool,
 }
 
 /// What a run produced.
@@ -63,6 +71,68 @@ struct StepRun {
     attempts: u32,
     agent: Option<pb::AgentId>,
     error: String,
+    /// How long the step took when it ran inside a chain: the run only sees the chain's end.
+    took: Option<Duration>,
+}
+
+/// What the chains of a run brought back: results of steps after the dispatched one, by step
+/// id, with how long each took, kept until the run reaches their steps.
+#[derive(Default)]
+struct Arrivals {
+    results: Mutex<HashMap<String, (pb::AgentResult, Duration)>>,
+    /// A chain was dispatched: a later step's task may already be out.
+    handed_on: AtomicBool,
+}
+
+impl Arrivals {
+    fn take(&self, step: &str) -> Option<(pb::AgentResult, Duration)> {
+        self.results.lock().ok()?.remove(step)
+    }
+
+    /// The result of task `task_id` in `answer` (the answer itself, or one of the results
+    /// chained into it), with how long it took when it ran in a chain. The results of the steps
+    /// it handed on to are kept for their turn.
+    fn own_result(
+        &self,
+        mut answer: pb::AgentResult,
+        task_id: &str,
+        dispatched_at: SystemTime,
+    ) -> Option<(pb::AgentResult, Option<Duration>)> {
+        if answer.chained.is_empty() {
+            return Some((answer, None));
+        }
+        let mut line = std::mem::take(&mut answer.chained);
+        line.push(answer);
+        let position = line.iter().position(|result| result.task_id == task_id)?;
+        let mut previous = dispatched_at;
+        let mut own = None;
+        let mut results = self.results.lock().ok()?;
+        for (index, result) in line.into_iter().enumerate() {
+            let finished = result
+                .finished_at
+                .and_then(|at| SystemTime::try_from(at).ok());
+            // Each step of a chain took from the end of the one before to its own end.
+            let took = finished
+                .and_then(|finished| finished.duration_since(previous).ok())
+                .or_else(|| {
+                    result
+                        .duration
+                        .and_then(|duration| Duration::try_from(duration).ok())
+                })
+                .unwrap_or_default();
+            if let Some(finished) = finished {
+                previous = finished;
+            }
+            match index.cmp(&position) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => own = Some((result, Some(took))),
+                std::cmp::Ordering::Greater => {
+                    results.insert(result.step_id.clone(), (result, took));
+                }
+            }
+        }
+        own
+    }
 }
 
 impl StepRun {
@@ -74,6 +144,7 @@ impl StepRun {
             attempts,
             agent: None,
             error: error.into(),
+            took: None,
         }
     }
 }
@@ -94,6 +165,7 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
         .collect();
     let mut outputs: HashMap<String, pb::AgentOutput> = HashMap::new();
     let mut outcome = RunOutcome::default();
+    let arrivals = Arrivals::default();
     let mut running: FuturesUnordered<BoxFuture<'_, (&Step, StepRun, Duration)>> =
         FuturesUnordered::new();
 
@@ -119,11 +191,13 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
                 if runs {
                     states.insert(step.id.as_str(), State::Running);
                     let upstream = upstream_of(step, &outputs, workflow);
-                    let input = &input;
+                    let (input, arrivals) = (&input, &arrivals);
                     running.push(Box::pin(async move {
                         let started = Instant::now();
-                        let run = run_with_fallback(dispatcher, input, step, upstream).await;
-                        (step, run, started.elapsed())
+                        let run =
+                            run_with_fallback(dispatcher, input, arrivals, step, upstream).await;
+                        let elapsed = run.took.unwrap_or_else(|| started.elapsed());
+                        (step, run, elapsed)
                     }));
                 } else {
                     states.insert(step.id.as_str(), State::Ended);
@@ -240,10 +314,11 @@ fn upstream_of(
 async fn run_with_fallback(
     dispatcher: &Dispatcher,
     input: &RunInput<'_>,
+    arrivals: &Arrivals,
     step: &Step,
     upstream: Vec<pb::StepOutput>,
 ) -> StepRun {
-    let first = run_attempts(dispatcher, input, step, upstream.clone()).await;
+    let first = run_attempts(dispatcher, input, arrivals, step, upstream.clone()).await;
     if first.output.is_some() {
         return first;
     }
@@ -255,12 +330,13 @@ async fn run_with_fallback(
             attempts: first.attempts,
             agent: None,
             error: first.error,
+            took: None,
         },
         Some(Fallback::Step(target)) => {
             let Some(target) = input.workflow.step(target) else {
                 return first;
             };
-            let second = run_attempts(dispatcher, input, target, upstream).await;
+            let second = run_attempts(dispatcher, input, arrivals, target, upstream).await;
             StepRun {
                 outcome: if second.output.is_some() {
                     pb::StepOutcome::Fallback
@@ -278,6 +354,7 @@ async fn run_with_fallback(
                         first.error, target.id, second.error
                     )
                 },
+                took: None,
             }
         }
     }
@@ -287,6 +364,7 @@ async fn run_with_fallback(
 async fn run_attempts(
     dispatcher: &Dispatcher,
     input: &RunInput<'_>,
+    arrivals: &Arrivals,
     step: &Step,
     upstream: Vec<pb::StepOutput>,
 ) -> StepRun {
@@ -297,12 +375,26 @@ async fn run_attempts(
             attempts: result.attempt.max(1),
             agent: result.agent.clone(),
             error: String::new(),
+            took: None,
         };
     }
     let mut last_error = String::new();
     let mut last_outcome = pb::StepOutcome::Failed;
+    let mut first_attempt = 1;
+    let arrived = arrivals.take(&step.id);
+    if let Some((result, took)) = arrived {
+        // The step ran in a chain an earlier step handed on to; its answer counts as an attempt.
+        let attempt = result.attempt.max(1);
+        match judge(result, attempt, Some(took)) {
+            Ok(run) => return run,
+            Err(error) => {
+                first_attempt = attempt + 1;
+                last_error = error;
+            }
+        }
+    }
     let attempts = step.max_retries + 1;
-    for attempt in 1..=attempts {
+    for attempt in first_attempt..=attempts {
         let remaining = input.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return StepRun::without_output(
@@ -354,8 +446,25 @@ async fn run_attempts(
             );
         };
         input.events.step_started(step, attempt);
+        // A first attempt of a fresh turn lets the agents hand the output on along the line; a
+        // retry goes step by step, as the tasks of the first attempt's chain may still be out.
+        let chained = if input.hand_on
+            && !input.resumed
+            && attempt == 1
+            && dispatcher.breakers().is_closed(&step.agent_type)
+        {
+            hand_on_steps(step, input.workflow, dispatcher.breakers())
+        } else {
+            Vec::new()
+        };
+        // A chain answers when its last step is done.
+        let wait = chained
+            .iter()
+            .fold(budget, |total, next| total.saturating_add(next.timeout))
+            .min(remaining);
+        let task_id = tta_runtime::agents::task_id(input.run_id, &step.id);
         let task = pb::AgentTask {
-            task_id: format!("{}:{}", input.run_id, step.id),
+            task_id: task_id.clone(),
             run_id: input.run_id.to_owned(),
             turn_id: input.turn_id.to_owned(),
             session_id: input.session_id.to_owned(),
@@ -369,46 +478,42 @@ async fn run_attempts(
             attempt,
             reply_topic: String::new(),
             alternative: None,
+            next_steps: chained.iter().map(|next| chained_step(next)).collect(),
+            chained: Vec::new(),
         };
+        if !chained.is_empty() {
+            arrivals.handed_on.store(true, Ordering::Relaxed);
+        }
+        let dispatched_at = SystemTime::now();
         let outcome = dispatcher
             .run_on(
                 topic,
                 task,
-                budget,
+                wait,
                 input.priority,
-                input.resumed || attempt > 1,
+                input.resumed || attempt > 1 || arrivals.handed_on.load(Ordering::Relaxed),
             )
             .await;
-        // Any answer shows the agent type is alive; silence or no way to reach it does not.
+        // Any answer shows the agent type is alive; silence or no way to reach it does not. A
+        // chain's silence may be any of its agents': it counts against none of them, and the
+        // retry goes step by step.
         match &outcome {
             Ok(_) => permit.succeeded(),
+            Err(DispatchError::Timeout) if !chained.is_empty() => permit.abstain(),
             Err(_) => permit.failed(),
         }
+        let outcome = outcome.map(|answer| arrivals.own_result(answer, &task_id, dispatched_at));
         match outcome {
-            Ok(result) if result.status == pb::AgentResultStatus::Succeeded as i32 => {
-                return StepRun {
-                    outcome: pb::StepOutcome::Succeeded,
-                    output: result.output,
-                    attempts: attempt,
-                    agent: result.agent,
-                    error: String::new(),
-                };
-            }
-            Ok(result) => {
-                last_error = format!(
-                    "failed: {}",
-                    result.error.map(|error| error.message).unwrap_or_default()
-                );
-                last_outcome = pb::StepOutcome::Failed;
-                if result.status == pb::AgentResultStatus::FailedPermanent as i32 {
-                    return StepRun {
-                        outcome: last_outcome,
-                        output: None,
-                        attempts: attempt,
-                        agent: result.agent,
-                        error: last_error,
-                    };
+            Ok(Some((result, took))) => match judge(result, attempt, took) {
+                Ok(run) => return run,
+                Err(error) => {
+                    last_error = error;
+                    last_outcome = pb::StepOutcome::Failed;
                 }
+            },
+            Ok(None) => {
+                last_error = "the answer of its chain left this step out".to_owned();
+                last_outcome = pb::StepOutcome::Failed;
             }
             Err(DispatchError::Timeout) => {
                 last_error = "no answer in time".to_owned();
@@ -428,6 +533,55 @@ async fn run_attempts(
     StepRun::without_output(last_outcome, attempts, last_error)
 }
 
+/// How an answer ends an attempt: with the step's run (an output, or a failure another attempt
+/// would not fix), or with the error of a failure worth another attempt.
+fn judge(result: pb::AgentResult, attempt: u32, took: Option<Duration>) -> Result<StepRun, String> {
+    if result.status == pb::AgentResultStatus::Succeeded as i32 {
+        return Ok(StepRun {
+            outcome: pb::StepOutcome::Succeeded,
+            output: result.output,
+            attempts: attempt,
+            agent: result.agent,
+            error: String::new(),
+            took,
+        });
+    }
+    let error = format!(
+        "failed: {}",
+        result.error.map(|error| error.message).unwrap_or_default()
+    );
+    if result.status == pb::AgentResultStatus::FailedPermanent as i32 {
+        return Ok(StepRun {
+            outcome: pb::StepOutcome::Failed,
+            output: None,
+            attempts: attempt,
+            agent: result.agent,
+            error,
+            took,
+        });
+    }
+    Err(error)
+}
+
+/// The steps `step`'s agent hands its output on to: the line after it, up to the first agent
+/// type the gateway has isolated or is probing.
+fn hand_on_steps<'w>(step: &Step, workflow: &'w Workflow, breakers: &Breakers) -> Vec<&'w Step> {
+    step.hand_on_to
+        .iter()
+        .map_while(|id| workflow.step(id))
+        .take_while(|next| breakers.is_closed(&next.agent_type))
+        .collect()
+}
+
+fn chained_step(step: &Step) -> pb::ChainedStep {
+    pb::ChainedStep {
+        step_id: step.id.clone(),
+        agent_type: step.agent_type.clone(),
+        params: step.params.clone(),
+        timeout: prost_types::Duration::try_from(step.timeout).ok(),
+    }
+}
+
 /// `base · 2^(attempt-1)`, with ±20 % jitter so retries of many turns do not line up.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     let exponential = base.saturating_mul(1u32 << (attempt - 1).min(16));
@@ -442,5 +596,100 @@ fn timing(step: &Step, run: &StepRun, elapsed: Duration) -> pb::StepTiming {
         outcome: run.outcome as i32,
         attempts: run.attempts,
         agent: run.agent.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(step: &str, finished_ms: u64) -> pb::AgentResult {
+        pb::AgentResult {
+            task_id: format!("run-1:{step}"),
+            step_id: step.to_owned(),
+            attempt: 1,
+            status: pb::AgentResultStatus::Succeeded as i32,
+            finished_at: Some(prost_types::Timestamp::from(
+                SystemTime::UNIX_EPOCH + Duration::from_millis(finished_ms),
+            )),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_chains_answer_gives_each_step_its_own_result_and_time() {
+        let arrivals = Arrivals::default();
+        let mut answer = result("nga", 1_010);
+        answer.chained = vec![result("ipa", 1_003), result("wba", 1_006)];
+        let dispatched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000);
+
+        let (own, took) = arrivals
+            .own_result(answer, "run-1:ipa", dispatched_at)
+            .unwrap();
+        assert_eq!(own.step_id, "ipa");
+        assert_eq!(took, Some(Duration::from_millis(3)));
+        let (wba, took) = arrivals.take("wba").unwrap();
+        assert_eq!(
+            (wba.step_id.as_str(), took),
+            ("wba", Duration::from_millis(3))
+        );
+        let (nga, took) = arrivals.take("nga").unwrap();
+        assert_eq!(
+            (nga.step_id.as_str(), took),
+            ("nga", Duration::from_millis(4))
+        );
+        assert!(arrivals.take("nga").is_none(), "each arrival is taken once");
+    }
+
+    #[test]
+    fn a_later_step_keeps_only_its_own_part_of_a_chains_answer() {
+        let arrivals = Arrivals::default();
+        let mut answer = result("nga", 1_010);
+        answer.chained = vec![result("ipa", 1_003), result("wba", 1_006)];
+        let dispatched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000);
+
+        let (own, _) = arrivals
+            .own_result(answer.clone(), "run-1:wba", dispatched_at)
+            .unwrap();
+        assert_eq!(own.step_id, "wba");
+        assert!(
+            arrivals.take("ipa").is_none(),
+            "an earlier step is not handed back"
+        );
+        assert!(arrivals.take("nga").is_some());
+        assert!(
+            arrivals
+                .own_result(answer, "run-1:other", dispatched_at)
+                .is_none(),
+            "an answer that leaves the step out is no answer for it"
+        );
+    }
+
+    #[test]
+    fn an_answer_without_a_chain_is_the_steps_own() {
+        let arrivals = Arrivals::default();
+        let (own, took) = arrivals
+            .own_result(result("ipa", 5), "run-1:ipa", SystemTime::UNIX_EPOCH)
+            .unwrap();
+        assert_eq!((own.step_id.as_str(), took), ("ipa", None));
+    }
+
+    #[test]
+    fn a_retryable_answer_asks_for_another_attempt_and_a_permanent_one_ends_the_step() {
+        let mut retryable = result("wba", 0);
+        retryable.status = pb::AgentResultStatus::FailedRetryable as i32;
+        retryable.error = Some(pb::AgentError {
+            code: "busy".to_owned(),
+            message: "try later".to_owned(),
+        });
+        assert_eq!(
+            judge(retryable.clone(), 1, None).err().as_deref(),
+            Some("failed: try later")
+        );
+        retryable.status = pb::AgentResultStatus::FailedPermanent as i32;
+        let run = judge(retryable, 2, None).unwrap();
+        assert_eq!(run.outcome, pb::StepOutcome::Failed);
+        assert_eq!(run.attempts, 2);
+        assert!(run.output.is_none());
     }
 }
