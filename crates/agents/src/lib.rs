@@ -136,7 +136,10 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
 
     let state =
         (agent == BuiltInAgent::Wba).then(|| StateStore::new(keys.clone(), connection.clone()));
-    let mut capabilities = vec![agent_type.to_string()];
+    let mut capabilities = vec![
+        agent_type.to_string(),
+        tta_runtime::agents::NEXT_STEPS_CAPABILITY.to_owned(),
+    ];
     let mut labels = std::collections::HashMap::from([(
         "backend".to_owned(),
         worker_config.backend.as_str().to_owned(),

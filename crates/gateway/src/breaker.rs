@@ -15,13 +15,33 @@ use tta_types::config::CircuitBreakerConfig;
 #[derive(Debug)]
 pub struct Breakers {
     config: CircuitBreakerConfig,
+    gauge: &'static str,
     by_agent: Mutex<HashMap<String, CircuitBreaker>>,
 }
 
 impl Breakers {
+    /// One breaker per agent type (gauge `tta_gateway_agent_circuit_state`).
     pub fn new(config: CircuitBreakerConfig) -> Self {
+        Self::reporting_to(config, "tta_gateway_agent_circuit_state")
+    }
+
+    /// One breaker per chain (`<workflow>:<first step>`), opened by a single silence: the
+    /// chain's silence may be any of its agents', so the gateway dispatches that line step by
+    /// step for `open_for`, where each agent's own timeouts, breaker and fallbacks tell.
+    pub fn for_chains(config: CircuitBreakerConfig) -> Self {
+        Self::reporting_to(
+            CircuitBreakerConfig {
+                failure_threshold: 1,
+                ..config
+            },
+            "tta_gateway_chain_circuit_state",
+        )
+    }
+
+    fn reporting_to(config: CircuitBreakerConfig, gauge: &'static str) -> Self {
         Self {
             config,
+            gauge,
             by_agent: Mutex::new(HashMap::new()),
         }
     }
@@ -36,7 +56,7 @@ impl Breakers {
             .or_insert_with(|| {
                 CircuitBreaker::new(
                     BreakerName {
-                        gauge: "tta_gateway_agent_circuit_state",
+                        gauge: self.gauge,
                         agent: agent_type.to_owned(),
                     },
                     self.config.failure_threshold,
@@ -57,5 +77,13 @@ impl Breakers {
     /// through the gateway, which judges its answers.
     pub fn is_closed(&self, agent_type: &str) -> bool {
         self.breaker(agent_type).state() == tta_runtime::breaker::CircuitState::Closed
+    }
+
+    /// `agent_type` answered a task the gateway did not dispatch itself (one handed on in a
+    /// chain): it is alive.
+    pub fn answered(&self, agent_type: &str) {
+        if let Some(permit) = self.admit(agent_type) {
+            permit.succeeded();
+        }
     }
 }

@@ -9,7 +9,7 @@
 //! answer recorded for a turn is the one every retry gets.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -40,6 +40,18 @@ pub struct Dispatcher {
     reply_topic: String,
     waiters: Arc<Mutex<HashMap<String, oneshot::Sender<pb::AgentResult>>>>,
     breakers: Arc<Breakers>,
+    chain_breakers: Arc<Breakers>,
+    handing_on: Arc<Mutex<HandingOn>>,
+}
+
+/// How often the agent types that hand outputs on are read again from the agent registry.
+const HANDING_ON_REFRESH: Duration = Duration::from_secs(1);
+
+/// The agent types whose every live instance hands outputs on, as last read.
+#[derive(Debug, Default)]
+struct HandingOn {
+    read_at: Option<tokio::time::Instant>,
+    types: Arc<HashSet<String>>,
 }
 
 impl Dispatcher {
@@ -54,8 +66,46 @@ impl Dispatcher {
             store,
             reply_topic,
             waiters: Arc::new(Mutex::new(HashMap::new())),
-            breakers: Arc::new(Breakers::new(breaker)),
+            breakers: Arc::new(Breakers::new(breaker.clone())),
+            chain_breakers: Arc::new(Breakers::for_chains(breaker)),
+            handing_on: Arc::default(),
         }
+    }
+
+    /// The circuit breakers of the chains this gateway sends (see [`Breakers::for_chains`]).
+    pub fn chain_breakers(&self) -> &Breakers {
+        &self.chain_breakers
+    }
+
+    /// The agent types a step may be handed on to: every live instance advertises
+    /// `tta_runtime::agents::NEXT_STEPS_CAPABILITY`. Read from the agent registry at most once a
+    /// second; while the registry cannot be read, the last answer stands.
+    pub async fn types_handing_on(&self) -> Arc<HashSet<String>> {
+        let now = tokio::time::Instant::now();
+        let cached = match self.handing_on.lock() {
+            Ok(handing_on) => {
+                if handing_on
+                    .read_at
+                    .is_some_and(|read_at| now.duration_since(read_at) < HANDING_ON_REFRESH)
+                {
+                    return handing_on.types.clone();
+                }
+                handing_on.types.clone()
+            }
+            Err(_) => return Arc::default(),
+        };
+        let types = match self.store.agents().await {
+            Ok(agents) => Arc::new(tta_runtime::agents::types_handing_on(&agents)),
+            Err(err) => {
+                tracing::debug!(error = %err, "cannot read the agent registry; keeping the agent types that hand on");
+                cached
+            }
+        };
+        if let Ok(mut handing_on) = self.handing_on.lock() {
+            handing_on.read_at = Some(now);
+            handing_on.types = types.clone();
+        }
+        types
     }
 
     /// The circuit breakers of the agent types this gateway dispatches to.
@@ -186,7 +236,17 @@ impl Dispatcher {
                     .iter()
                     .map(|chained| (chained.step_id.clone(), chained.encode_to_vec()))
                     .collect();
-                records.push((result.step_id.clone(), payload.to_vec()));
+                // Each step's record holds its own result; the chained ones have theirs.
+                let own = if result.chained.is_empty() {
+                    payload.to_vec()
+                } else {
+                    pb::AgentResult {
+                        chained: Vec::new(),
+                        ..result.clone()
+                    }
+                    .encode_to_vec()
+                };
+                records.push((result.step_id.clone(), own));
                 // A chain's answer is awaited by the turn that dispatched one of its tasks.
                 let first_task = result
                     .chained

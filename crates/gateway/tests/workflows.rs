@@ -189,6 +189,30 @@ impl Harness {
         worker
     }
 
+    /// Lists an instance of `agent_type` in the agent registry with `capabilities`.
+    async fn advertise(&self, agent_type: &str, capabilities: &[&str]) {
+        let info = pb::AgentInfo {
+            id: Some(pb::AgentId {
+                agent_type: agent_type.to_owned(),
+                instance: "scripted".to_owned(),
+            }),
+            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+            topic: format!("agent.{agent_type}"),
+            status: pb::AgentStatus::Ready as i32,
+            ..Default::default()
+        };
+        let client = redis::Client::open(self.redis.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        tta_runtime::agents::put(
+            &mut connection,
+            &tta_runtime::redis::Keyspace::new(&self.prefix),
+            &info,
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    }
+
     fn steps_run(&self, step: &str) -> Vec<(Instant, Instant)> {
         self.log
             .lock()
@@ -995,7 +1019,7 @@ fn strings(items: &[&str]) -> Vec<String> {
 async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
     let mut harness = Harness::start().await;
     let tasks: Arc<Mutex<Vec<SeenTask>>> = Arc::default();
-    for agent_type in ["ipa", "mood", "broken", "nga"] {
+    for agent_type in ["ipa", "mood", "broken", "plain", "nga"] {
         let tasks = tasks.clone();
         harness.agent(
             agent_type,
@@ -1004,13 +1028,21 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
                 tasks.lock().unwrap().push(seen(task));
                 match task.agent_type.as_str() {
                     "ipa" => Ok(ipa("look")),
-                    "mood" => Ok(custom("mood", "calm")),
+                    "mood" | "plain" => Ok(custom("mood", "calm")),
                     "broken" => Err(TaskError::Permanent("cannot read the tides".to_owned())),
                     _ => narrator(task),
                 }
             },
         );
     }
+    // The scripted agents run the shared worker runtime, which hands on; `plain` stands for an
+    // agent that does not say so.
+    for agent_type in ["ipa", "mood", "broken", "nga"] {
+        harness
+            .advertise(agent_type, &[tta_runtime::agents::NEXT_STEPS_CAPABILITY])
+            .await;
+    }
+    harness.advertise("plain", &[]).await;
     harness
         .register(workflow(
             "line",
@@ -1080,20 +1112,26 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
         fields,
         ["response", "step:ipa", "step:mood", "step:nga", "workflow"]
     );
+    let recorded: Vec<u8> = redis::cmd("HGET")
+        .arg(&run_key)
+        .arg("step:nga")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let recorded = <pb::AgentResult as prost::Message>::decode(recorded.as_slice()).unwrap();
+    assert!(
+        recorded.output.is_some() && recorded.chained.is_empty(),
+        "the last step's record holds its own result only"
+    );
 
-    // A step that fails in the middle of the line answers the gateway, which takes over: the
-    // fallback stands in and the rest of the line is dispatched by the gateway.
+    // A step that fails in the middle of the line answers the gateway with what came before:
+    // the IPA is not run again, and the run ends as that failure ends it.
     harness
         .register(workflow(
             "broken-line",
             vec![
                 step("ipa", "ipa", &[]),
-                pb::WorkflowStep {
-                    fallback: Some(pb::workflow_step::Fallback::FallbackOutput(fallback_text(
-                        "custom", "calm",
-                    ))),
-                    ..step("broken", "broken", &["ipa"])
-                },
+                step("broken", "broken", &["ipa"]),
                 step("nga", "nga", &["broken"]),
             ],
         ))
@@ -1102,15 +1140,15 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
     let response = harness
         .turn("s-broken-line", "broken-line", "look around")
         .await;
-    assert!(
-        response
-            .degraded_reasons
-            .iter()
-            .any(|reason| reason.starts_with("broken: fallback used")),
-        "{:?}",
-        response.degraded_reasons
+    assert_eq!(response.text, "The story waits for you.");
+    assert_eq!(
+        response.degraded_reasons,
+        ["broken: failed: cannot read the tides"]
     );
-    assert_eq!(response.text, "You look around. Seen: ipa,broken.");
+    assert_eq!(
+        outcome_of(&response, "ipa"),
+        (pb::StepOutcome::Succeeded as i32, 1)
+    );
     let steps: Vec<(String, Vec<String>)> = tasks
         .lock()
         .unwrap()
@@ -1122,9 +1160,33 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
         [
             ("ipa".to_owned(), strings(&["broken", "nga"])),
             ("broken".to_owned(), strings(&["nga"])),
-            ("nga".to_owned(), strings(&[])),
-        ],
-        "the IPA ran once, in the chain; the NGA was dispatched by the gateway"
+        ]
+    );
+
+    // A line through an agent type that does not hand on is dispatched step by step.
+    harness
+        .register(workflow(
+            "plain-line",
+            vec![
+                step("ipa", "ipa", &[]),
+                step("plain", "plain", &["ipa"]),
+                step("nga", "nga", &["plain"]),
+            ],
+        ))
+        .await;
+    tasks.lock().unwrap().clear();
+    let response = harness
+        .turn("s-plain-line", "plain-line", "look around")
+        .await;
+    assert!(!response.degraded, "{:?}", response.degraded_reasons);
+    assert!(
+        tasks
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, next, _, _)| next.is_empty()),
+        "{:?}",
+        tasks.lock().unwrap()
     );
     harness.stop().await;
 }

@@ -30,8 +30,41 @@ pub fn task_id(run_id: &str, step_id: &str) -> String {
     format!("{run_id}:{step_id}")
 }
 
-/// The idempotency key of a task's publish. The orchestrator and an agent handing its output on
-/// (`AgentTask.next_steps`) use the same key, so a task is enqueued once whoever publishes it.
+/// Capability every instance built on the shared worker runtime advertises: it hands its output
+/// on to `AgentTask.next_steps` itself. The gateway chains steps only through agent types whose
+/// every live instance has it; any other agent answers each of its tasks.
+pub const NEXT_STEPS_CAPABILITY: &str = "next-steps";
+
+/// The agent types with at least one live instance and no live instance without
+/// [`NEXT_STEPS_CAPABILITY`].
+pub fn types_handing_on(agents: &[pb::AgentInfo]) -> std::collections::HashSet<String> {
+    let mut able = std::collections::HashSet::new();
+    let mut unable = std::collections::HashSet::new();
+    for info in agents {
+        let Some(id) = info.id.as_ref() else { continue };
+        if info
+            .capabilities
+            .iter()
+            .any(|capability| capability == NEXT_STEPS_CAPABILITY)
+        {
+            able.insert(id.agent_type.clone());
+        } else {
+            unable.insert(id.agent_type.clone());
+        }
+    }
+    able.retain(|agent_type| !unable.contains(agent_type));
+    able
+}
+
+/// The idempotency key of a task an agent hands on. Apart from the gateway's own
+/// ([`task_idempotency_key`]), so a step the gateway dispatches itself after a chain fell
+/// silent is enqueued even if the chain's copy of its task is stuck.
+pub fn handed_on_idempotency_key(task_id: &str) -> String {
+    format!("{}.handed-on", task_idempotency_key(task_id, 1))
+}
+
+/// The idempotency key of the gateway's publish of a task's attempt: a retried turn enqueues each
+/// attempt once.
 pub fn task_idempotency_key(task_id: &str, attempt: u32) -> String {
     // Keys use the shared id alphabet.
     let task_id: String = task_id

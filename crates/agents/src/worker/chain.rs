@@ -52,7 +52,7 @@ pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::P
         .and_then(|timeout| std::time::Duration::try_from(timeout).ok())
         .map(|timeout| prost_types::Timestamp::from(SystemTime::now() + timeout))
         .or(task.deadline);
-    let idempotency_key = agents::task_idempotency_key(&task_id, 1);
+    let idempotency_key = agents::handed_on_idempotency_key(&task_id);
     let handed_on = pb::AgentTask {
         task_id,
         run_id: task.run_id,
@@ -76,8 +76,7 @@ pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::P
         payload: handed_on.encode_to_vec(),
         content_type: agents::TASK_CONTENT_TYPE.to_owned(),
         priority,
-        // The orchestrator publishes a step's first attempt under the same key: the task is
-        // enqueued once whoever publishes it.
+        // A redelivered task hands on once.
         idempotency_key: Some(idempotency_key),
         headers: Default::default(),
     })
@@ -201,7 +200,7 @@ mod tests {
         assert_eq!(outgoing.priority, pb::Priority::High);
         assert_eq!(
             outgoing.idempotency_key.as_deref(),
-            Some("task.run-1:wba.1")
+            Some("task.run-1:wba.1.handed-on")
         );
         assert_eq!(wba.task_id, "run-1:wba");
         assert_eq!(wba.step_id, "wba");

@@ -62,8 +62,10 @@ pub struct Step {
     pub ancestors: Vec<String>,
     /// The steps an agent may run after this one without the gateway in between
     /// (`AgentTask.next_steps`), in order: set when the workflow is one line of steps, each
-    /// depending on the one before, and stopping before the first step whose condition or
-    /// capabilities the gateway must judge.
+    /// depending on the one before, and stopping before the first step the gateway must run
+    /// itself — one with a condition or required capabilities to judge, or with retries, a
+    /// fallback or `continue_on_failure`, which the gateway applies to that step's own silence
+    /// and a chain's silence cannot be pinned on one step.
     pub hand_on_to: Vec<String>,
 }
 
@@ -457,7 +459,13 @@ fn link_chains(steps: &mut [Step]) {
         let following: Vec<String> = runnable[position + 1..]
             .iter()
             .map(|&j| &steps[j])
-            .take_while(|step| step.condition.is_none() && step.required_capabilities.is_empty())
+            .take_while(|step| {
+                step.condition.is_none()
+                    && step.required_capabilities.is_empty()
+                    && step.max_retries == 0
+                    && step.fallback.is_none()
+                    && !step.continue_on_failure
+            })
             .map(|step| step.id.clone())
             .collect();
         steps[i].hand_on_to = following;
@@ -606,6 +614,20 @@ mod tests {
         assert_eq!(
             hand_ons(&conditional),
             [("ipa", vec!["wba"]), ("wba", vec![]), ("nga", vec![])]
+        );
+
+        let mut forgiving = step("wba", &["ipa"]);
+        forgiving.continue_on_failure = true;
+        let mut retried = step("nga", &["wba"]);
+        retried.max_retries = 1;
+        let guarded = validate(
+            &definition(vec![step("ipa", &[]), forgiving, retried]),
+            DEFAULTS,
+        )
+        .unwrap();
+        assert_eq!(
+            hand_ons(&guarded),
+            [("ipa", vec![]), ("wba", vec![]), ("nga", vec![])]
         );
 
         let mut picky = step("wba", &["ipa"]);

@@ -24,8 +24,9 @@ use super::{
     definition::{Fallback, Step, Workflow},
     view::StepScope,
 };
+use tta_runtime::breaker::Permit;
+
 use crate::{
-    breaker::Breakers,
     dispatch::{DispatchError, Dispatcher},
     events::EventSink,
 };
@@ -383,12 +384,14 @@ async fn run_attempts(
     let mut first_attempt = 1;
     let arrived = arrivals.take(&step.id);
     if let Some((result, took)) = arrived {
-        // The step ran in a chain an earlier step handed on to; its answer counts as an attempt.
-        let attempt = result.attempt.max(1);
+        // The step ran in a chain an earlier step handed on to; its answer counts as an attempt
+        // (a handed-on task is a first attempt; the number comes from the agent, so it is kept
+        // within the step's attempts).
+        let attempt = result.attempt.clamp(1, step.max_retries + 1);
         match judge(result, attempt, Some(took)) {
             Ok(run) => return run,
             Err(error) => {
-                first_attempt = attempt + 1;
+                first_attempt = attempt.saturating_add(1);
                 last_error = error;
             }
         }
@@ -448,14 +451,10 @@ async fn run_attempts(
         input.events.step_started(step, attempt);
         // A first attempt of a fresh turn lets the agents hand the output on along the line; a
         // retry goes step by step, as the tasks of the first attempt's chain may still be out.
-        let chained = if input.hand_on
-            && !input.resumed
-            && attempt == 1
-            && dispatcher.breakers().is_closed(&step.agent_type)
-        {
-            hand_on_steps(step, input.workflow, dispatcher.breakers())
+        let (chained, chain_permit) = if input.hand_on && !input.resumed && attempt == 1 {
+            plan_chain(dispatcher, input.workflow, step).await
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         // A chain answers when its last step is done.
         let wait = chained
@@ -495,12 +494,25 @@ async fn run_attempts(
             )
             .await;
         // Any answer shows the agent type is alive; silence or no way to reach it does not. A
-        // chain's silence may be any of its agents': it counts against none of them, and the
-        // retry goes step by step.
+        // chain's silence may be any of its agents': it counts against none of them, and opens
+        // the chain's own breaker, so the line runs step by step for a while.
         match &outcome {
-            Ok(_) => permit.succeeded(),
+            Ok(answer) => {
+                permit.succeeded();
+                for result in &answer.chained {
+                    if let Some(agent) = &result.agent {
+                        dispatcher.breakers().answered(&agent.agent_type);
+                    }
+                }
+            }
             Err(DispatchError::Timeout) if !chained.is_empty() => permit.abstain(),
             Err(_) => permit.failed(),
+        }
+        if let Some(chain_permit) = chain_permit {
+            match &outcome {
+                Ok(_) => chain_permit.succeeded(),
+                Err(_) => chain_permit.failed(),
+            }
         }
         let outcome = outcome.map(|answer| arrivals.own_result(answer, &task_id, dispatched_at));
         match outcome {
@@ -514,6 +526,14 @@ async fn run_attempts(
             Ok(None) => {
                 last_error = "the answer of its chain left this step out".to_owned();
                 last_outcome = pb::StepOutcome::Failed;
+            }
+            Err(DispatchError::Timeout) if !chained.is_empty() => {
+                let line: Vec<&str> = std::iter::once(step)
+                    .chain(chained.iter().copied())
+                    .map(|step| step.id.as_str())
+                    .collect();
+                last_error = format!("no answer in time from the line {}", line.join(" → "));
+                last_outcome = pb::StepOutcome::TimedOut;
             }
             Err(DispatchError::Timeout) => {
                 last_error = "no answer in time".to_owned();
@@ -563,14 +583,41 @@ fn judge(result: pb::AgentResult, attempt: u32, took: Option<Duration>) -> Resul
     Err(error)
 }
 
-/// The steps `step`'s agent hands its output on to: the line after it, up to the first agent
-/// type the gateway has isolated or is probing.
-fn hand_on_steps<'w>(step: &Step, workflow: &'w Workflow, breakers: &Breakers) -> Vec<&'w Step> {
-    step.hand_on_to
+/// The steps `step`'s agent is to hand its output on to, with the chain breaker's permit: the
+/// line after it, up to the first agent type that does not hand on or that the gateway has
+/// isolated or is probing. Nothing when `step`'s own type is such a one or the chain's breaker
+/// is open.
+async fn plan_chain<'w>(
+    dispatcher: &Dispatcher,
+    workflow: &'w Workflow,
+    step: &Step,
+) -> (Vec<&'w Step>, Option<Permit>) {
+    if step.hand_on_to.is_empty() {
+        return (Vec::new(), None);
+    }
+    let handing_on = dispatcher.types_handing_on().await;
+    let breakers = dispatcher.breakers();
+    let usable =
+        |agent_type: &str| handing_on.contains(agent_type) && breakers.is_closed(agent_type);
+    if !usable(&step.agent_type) {
+        return (Vec::new(), None);
+    }
+    let line: Vec<&Step> = step
+        .hand_on_to
         .iter()
         .map_while(|id| workflow.step(id))
-        .take_while(|next| breakers.is_closed(&next.agent_type))
-        .collect()
+        .take_while(|next| usable(&next.agent_type))
+        .collect();
+    if line.is_empty() {
+        return (Vec::new(), None);
+    }
+    match dispatcher
+        .chain_breakers()
+        .admit(&format!("{}:{}", workflow.name, step.id))
+    {
+        Some(permit) => (line, Some(permit)),
+        None => (Vec::new(), None),
+    }
 }
 
 fn chained_step(step: &Step) -> pb::ChainedStep {
