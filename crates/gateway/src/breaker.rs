@@ -25,7 +25,7 @@ impl Breakers {
         Self::reporting_to(config, "tta_gateway_agent_circuit_state")
     }
 
-    /// One breaker per chain (`<workflow>:<first step>`), opened by a single silence: the
+    /// One breaker per workflow for its chains, opened by a single silence: the
     /// chain's silence may be any of its agents', so the gateway dispatches that line step by
     /// step for `open_for`, where each agent's own timeouts, breaker and fallbacks tell.
     pub fn for_chains(config: CircuitBreakerConfig) -> Self {
@@ -79,11 +79,19 @@ impl Breakers {
         self.breaker(agent_type).state() == tta_runtime::breaker::CircuitState::Closed
     }
 
-    /// `agent_type` answered a task the gateway did not dispatch itself (one handed on in a
-    /// chain): it is alive.
+    /// `agent_type` answered within a chain (no permit of its own was held for it): it is
+    /// alive.
     pub fn answered(&self, agent_type: &str) {
         if let Some(permit) = self.admit(agent_type) {
             permit.succeeded();
+        }
+    }
+
+    /// A chain's first task could not be handed to the broker: a dispatch failure of
+    /// `agent_type`, as it would be without the chain.
+    pub fn unreachable(&self, agent_type: &str) {
+        if let Some(permit) = self.admit(agent_type) {
+            permit.failed();
         }
     }
 }

@@ -1190,3 +1190,71 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
     );
     harness.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_that_falls_silent_makes_its_workflow_run_step_by_step() {
+    let mut harness = Harness::start().await;
+    let tasks: Arc<Mutex<Vec<SeenTask>>> = Arc::default();
+    for agent_type in ["ipa", "mood", "nga"] {
+        let tasks = tasks.clone();
+        // The mood agent stalls on the first session's task, past the whole turn.
+        let delay = move |task: &pb::AgentTask| {
+            if task.agent_type == "mood" && task.session_id == "s-silent-1" {
+                Duration::from_millis(1500)
+            } else {
+                Duration::ZERO
+            }
+        };
+        harness.agent(agent_type, delay, move |task| {
+            tasks.lock().unwrap().push(seen(task));
+            match task.agent_type.as_str() {
+                "ipa" => Ok(ipa("look")),
+                "mood" => Ok(custom("mood", "calm")),
+                _ => narrator(task),
+            }
+        });
+        harness
+            .advertise(agent_type, &[tta_runtime::agents::NEXT_STEPS_CAPABILITY])
+            .await;
+    }
+    harness
+        .register(pb::WorkflowDefinition {
+            total_timeout: ms(600),
+            ..workflow(
+                "silent-line",
+                vec![
+                    step("ipa", "ipa", &[]),
+                    step("mood", "mood", &["ipa"]),
+                    step("nga", "nga", &["mood"]),
+                ],
+            )
+        })
+        .await;
+
+    let silent = harness.turn("s-silent-1", "silent-line", "look").await;
+    assert_eq!(silent.text, "The story waits for you.");
+    assert!(silent.degraded, "{silent:?}");
+    let first_ipa = tasks.lock().unwrap()[0].clone();
+    assert_eq!(
+        first_ipa.1,
+        strings(&["mood", "nga"]),
+        "the first turn chained"
+    );
+
+    // The silence opened the workflow's chain breaker: the next turn goes step by step, so
+    // each agent's own timeout and breaker apply again.
+    tasks.lock().unwrap().clear();
+    let answered = harness.turn("s-silent-2", "silent-line", "look").await;
+    assert!(!answered.degraded, "{:?}", answered.degraded_reasons);
+    assert_eq!(answered.text, "You look around. Seen: ipa,mood.");
+    let second_ipa: Vec<SeenTask> = tasks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(step, ..)| step == "ipa")
+        .cloned()
+        .collect();
+    assert_eq!(second_ipa.len(), 1, "{second_ipa:?}");
+    assert!(second_ipa[0].1.is_empty(), "{second_ipa:?}");
+    harness.stop().await;
+}

@@ -50,7 +50,8 @@ pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::P
     let deadline = next
         .timeout
         .and_then(|timeout| std::time::Duration::try_from(timeout).ok())
-        .map(|timeout| prost_types::Timestamp::from(SystemTime::now() + timeout))
+        .and_then(|timeout| SystemTime::now().checked_add(timeout))
+        .map(prost_types::Timestamp::from)
         .or(task.deadline);
     let idempotency_key = agents::handed_on_idempotency_key(&task_id);
     let handed_on = pb::AgentTask {

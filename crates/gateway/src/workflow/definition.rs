@@ -443,7 +443,6 @@ fn describe_cycle(
     definition.steps[start].id.clone()
 }
 
-/// For each step, the set of steps it depends on directly or transitively.
 /// Fills [`Step::hand_on_to`] when the runnable steps form one line.
 fn link_chains(steps: &mut [Step]) {
     let runnable: Vec<usize> = (0..steps.len())
@@ -455,16 +454,21 @@ fn link_chains(steps: &mut [Step]) {
     if !one_line {
         return;
     }
+    // Retries, a fallback or `continue_on_failure` answer one step's own silence; a chain's
+    // silence names no step, so no such step is in a chain, at its head or further on.
+    let alone_in_silence =
+        |step: &Step| step.max_retries == 0 && step.fallback.is_none() && !step.continue_on_failure;
     for (position, &i) in runnable.iter().enumerate() {
+        if !alone_in_silence(&steps[i]) {
+            continue;
+        }
         let following: Vec<String> = runnable[position + 1..]
             .iter()
             .map(|&j| &steps[j])
             .take_while(|step| {
                 step.condition.is_none()
                     && step.required_capabilities.is_empty()
-                    && step.max_retries == 0
-                    && step.fallback.is_none()
-                    && !step.continue_on_failure
+                    && alone_in_silence(step)
             })
             .map(|step| step.id.clone())
             .collect();
@@ -472,6 +476,7 @@ fn link_chains(steps: &mut [Step]) {
     }
 }
 
+/// For each step, the set of steps it depends on directly or transitively.
 fn ancestors(
     definition: &pb::WorkflowDefinition,
     index: &HashMap<&str, usize>,
@@ -616,12 +621,12 @@ mod tests {
             [("ipa", vec!["wba"]), ("wba", vec![]), ("nga", vec![])]
         );
 
+        let mut retried = step("ipa", &[]);
+        retried.max_retries = 1;
         let mut forgiving = step("wba", &["ipa"]);
         forgiving.continue_on_failure = true;
-        let mut retried = step("nga", &["wba"]);
-        retried.max_retries = 1;
         let guarded = validate(
-            &definition(vec![step("ipa", &[]), forgiving, retried]),
+            &definition(vec![retried, forgiving, step("nga", &["wba"])]),
             DEFAULTS,
         )
         .unwrap();

@@ -480,9 +480,14 @@ async fn run_attempts(
             next_steps: chained.iter().map(|next| chained_step(next)).collect(),
             chained: Vec::new(),
         };
-        if !chained.is_empty() {
+        // The agent's own breaker learns from a chain only through its answer.
+        let agent_permit = if chained.is_empty() {
+            Some(permit)
+        } else {
             arrivals.handed_on.store(true, Ordering::Relaxed);
-        }
+            permit.abstain();
+            None
+        };
         let dispatched_at = SystemTime::now();
         let outcome = dispatcher
             .run_on(
@@ -495,18 +500,23 @@ async fn run_attempts(
             .await;
         // Any answer shows the agent type is alive; silence or no way to reach it does not. A
         // chain's silence may be any of its agents': it counts against none of them, and opens
-        // the chain's own breaker, so the line runs step by step for a while.
-        match &outcome {
-            Ok(answer) => {
-                permit.succeeded();
-                for result in &answer.chained {
-                    if let Some(agent) = &result.agent {
-                        dispatcher.breakers().answered(&agent.agent_type);
+        // the chain's own breaker (also when the run's deadline cancels the wait, as a dropped
+        // permit counts as a failure), so the line runs step by step for a while.
+        match (&outcome, agent_permit) {
+            (Ok(_), Some(permit)) => permit.succeeded(),
+            (Ok(answer), None) => {
+                // Every agent whose result is in the answer answered.
+                for result in answer.chained.iter().chain(std::iter::once(answer)) {
+                    if let Some(step) = input.workflow.step(&result.step_id) {
+                        dispatcher.breakers().answered(&step.agent_type);
                     }
                 }
             }
-            Err(DispatchError::Timeout) if !chained.is_empty() => permit.abstain(),
-            Err(_) => permit.failed(),
+            (Err(_), Some(permit)) => permit.failed(),
+            (Err(DispatchError::Publish(_)), None) => {
+                dispatcher.breakers().unreachable(&step.agent_type);
+            }
+            (Err(DispatchError::Timeout), None) => {}
         }
         if let Some(chain_permit) = chain_permit {
             match &outcome {
@@ -611,10 +621,8 @@ async fn plan_chain<'w>(
     if line.is_empty() {
         return (Vec::new(), None);
     }
-    match dispatcher
-        .chain_breakers()
-        .admit(&format!("{}:{}", workflow.name, step.id))
-    {
+    // One breaker per workflow: once a chain of it fell silent, no step of it hands on.
+    match dispatcher.chain_breakers().admit(&workflow.name) {
         Some(permit) => (line, Some(permit)),
         None => (Vec::new(), None),
     }
