@@ -262,7 +262,7 @@ impl Dispatcher {
                 }
                 if let Err(err) = dispatcher
                     .store
-                    .record_steps(&session, &turn, &records)
+                    .record_steps(&session, &turn, records)
                     .await
                 {
                     tracing::warn!(task = %first_task, error = %err, "cannot record a step result; will retry");

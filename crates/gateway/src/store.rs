@@ -337,8 +337,7 @@ impl Store {
         self.keep_in_run(
             &request.session_id,
             &request.turn_id,
-            REQUEST_FIELD,
-            &request.encode_to_vec(),
+            &[(REQUEST_FIELD.to_owned(), request.encode_to_vec())],
         )
         .await
     }
@@ -497,43 +496,29 @@ impl Store {
         &self,
         session: &str,
         turn: &str,
-        steps: &[(String, Vec<u8>)],
+        steps: Vec<(String, Vec<u8>)>,
     ) -> Result<(), Error> {
-        let key = self.run_key(session, turn);
-        let mut pipe = redis::pipe();
-        for (step, encoded) in steps {
-            pipe.cmd("HSETNX")
-                .arg(&key)
-                .arg(format!("step:{step}"))
-                .arg(encoded)
-                .ignore();
-        }
-        let _: () = pipe
-            .cmd("PEXPIRE")
-            .arg(&key)
-            .arg(RUN_RETENTION.as_millis() as u64)
-            .ignore()
-            .query_async(&mut self.connection())
-            .await?;
-        Ok(())
+        let fields: Vec<(String, Vec<u8>)> = steps
+            .into_iter()
+            .map(|(step, encoded)| (format!("step:{step}"), encoded))
+            .collect();
+        self.keep_in_run(session, turn, &fields).await
     }
 
-    /// Writes one field of a run record unless it is there already, and keeps the record for
-    /// the retention period.
+    /// Writes fields of a run record, each unless it is there already, and keeps the record for
+    /// the retention period, in one round trip.
     async fn keep_in_run(
         &self,
         session: &str,
         turn: &str,
-        field: &str,
-        value: &[u8],
+        fields: &[(String, Vec<u8>)],
     ) -> Result<(), Error> {
         let key = self.run_key(session, turn);
-        let _: () = redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg(field)
-            .arg(value)
-            .ignore()
+        let mut pipe = redis::pipe();
+        for (field, value) in fields {
+            pipe.cmd("HSETNX").arg(&key).arg(field).arg(value).ignore();
+        }
+        let _: () = pipe
             .cmd("PEXPIRE")
             .arg(&key)
             .arg(RUN_RETENTION.as_millis() as u64)

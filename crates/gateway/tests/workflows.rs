@@ -189,6 +189,21 @@ impl Harness {
         worker
     }
 
+    /// Registers the line `ipa → <middle> → nga` as workflow `name` and plays one turn of it in
+    /// session `s-<name>`.
+    async fn line_turn(&mut self, name: &str, middle: &str) -> pb::ProcessUserInputResponse {
+        self.register(workflow(
+            name,
+            vec![
+                step("ipa", "ipa", &[]),
+                step(middle, middle, &["ipa"]),
+                step("nga", "nga", &[middle]),
+            ],
+        ))
+        .await;
+        self.turn(&format!("s-{name}"), name, "look around").await
+    }
+
     /// Lists an instance of `agent_type` in the agent registry with `capabilities`.
     async fn advertise(&self, agent_type: &str, capabilities: &[&str]) {
         let info = pb::AgentInfo {
@@ -1043,18 +1058,7 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
             .await;
     }
     harness.advertise("plain", &[]).await;
-    harness
-        .register(workflow(
-            "line",
-            vec![
-                step("ipa", "ipa", &[]),
-                step("mood", "mood", &["ipa"]),
-                step("nga", "nga", &["mood"]),
-            ],
-        ))
-        .await;
-
-    let response = harness.turn("s-line", "line", "look around").await;
+    let response = harness.line_turn("line", "mood").await;
     assert!(!response.degraded, "{:?}", response.degraded_reasons);
     assert_eq!(response.text, "You look around. Seen: ipa,mood.");
     for step in ["ipa", "mood", "nga"] {
@@ -1126,20 +1130,8 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
 
     // A step that fails in the middle of the line answers the gateway with what came before:
     // the IPA is not run again, and the run ends as that failure ends it.
-    harness
-        .register(workflow(
-            "broken-line",
-            vec![
-                step("ipa", "ipa", &[]),
-                step("broken", "broken", &["ipa"]),
-                step("nga", "nga", &["broken"]),
-            ],
-        ))
-        .await;
     tasks.lock().unwrap().clear();
-    let response = harness
-        .turn("s-broken-line", "broken-line", "look around")
-        .await;
+    let response = harness.line_turn("broken-line", "broken").await;
     assert_eq!(response.text, "The story waits for you.");
     assert_eq!(
         response.degraded_reasons,
@@ -1164,20 +1156,8 @@ async fn agents_hand_a_line_of_steps_on_and_the_gateway_records_every_step() {
     );
 
     // A line through an agent type that does not hand on is dispatched step by step.
-    harness
-        .register(workflow(
-            "plain-line",
-            vec![
-                step("ipa", "ipa", &[]),
-                step("plain", "plain", &["ipa"]),
-                step("nga", "nga", &["plain"]),
-            ],
-        ))
-        .await;
     tasks.lock().unwrap().clear();
-    let response = harness
-        .turn("s-plain-line", "plain-line", "look around")
-        .await;
+    let response = harness.line_turn("plain-line", "plain").await;
     assert!(!response.degraded, "{:?}", response.degraded_reasons);
     assert!(
         tasks
