@@ -134,27 +134,11 @@ impl Harness {
             worker.handler(),
             self.shutdown.clone(),
         ));
-        let info = pb::AgentInfo {
-            id: Some(pb::AgentId {
-                agent_type: agent_type.to_owned(),
-                instance: instance.to_owned(),
-            }),
-            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
-            topic: format!("agent.{agent_type}"),
-            status: pb::AgentStatus::Ready as i32,
+        self.list_in_registry(pb::AgentInfo {
             labels: [(tta_runtime::agents::DIRECT_TOPIC_LABEL.to_owned(), direct)].into(),
-            ..Default::default()
-        };
-        let client = redis::Client::open(self.redis.url()).unwrap();
-        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-        tta_runtime::agents::put(
-            &mut connection,
-            &tta_runtime::redis::Keyspace::new(&self.prefix),
-            &info,
-            Duration::from_secs(60),
-        )
-        .await
-        .unwrap();
+            ..registry_entry(agent_type, instance, capabilities)
+        })
+        .await;
     }
 
     fn instance(
@@ -204,18 +188,13 @@ impl Harness {
         self.turn(&format!("s-{name}"), name, "look around").await
     }
 
-    /// Lists an instance of `agent_type` in the agent registry with `capabilities`.
+    /// Lists the scripted instance of `agent_type` in the agent registry with `capabilities`.
     async fn advertise(&self, agent_type: &str, capabilities: &[&str]) {
-        let info = pb::AgentInfo {
-            id: Some(pb::AgentId {
-                agent_type: agent_type.to_owned(),
-                instance: "scripted".to_owned(),
-            }),
-            capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
-            topic: format!("agent.{agent_type}"),
-            status: pb::AgentStatus::Ready as i32,
-            ..Default::default()
-        };
+        self.list_in_registry(registry_entry(agent_type, "scripted", capabilities))
+            .await;
+    }
+
+    async fn list_in_registry(&self, info: pb::AgentInfo) {
         let client = redis::Client::open(self.redis.url()).unwrap();
         let mut connection = client.get_multiplexed_async_connection().await.unwrap();
         tta_runtime::agents::put(
@@ -280,6 +259,20 @@ impl Harness {
         )
         .await
         .unwrap();
+    }
+}
+
+/// A ready instance's registry entry.
+fn registry_entry(agent_type: &str, instance: &str, capabilities: &[&str]) -> pb::AgentInfo {
+    pb::AgentInfo {
+        id: Some(pb::AgentId {
+            agent_type: agent_type.to_owned(),
+            instance: instance.to_owned(),
+        }),
+        capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        topic: format!("agent.{agent_type}"),
+        status: pb::AgentStatus::Ready as i32,
+        ..Default::default()
     }
 }
 
