@@ -14,7 +14,7 @@ use prost::Message;
 use tta_proto::v1 as pb;
 use tta_runtime::{
     Shutdown,
-    messaging::{Handler, Outgoing, Settle},
+    messaging::{Handler, Settle},
 };
 use tta_types::AgentId;
 
@@ -131,21 +131,7 @@ impl Worker {
             chained: Vec::new(),
         };
         // The broker publishes the outgoing message and acks the task in one step.
-        Settle::Reply(Box::new(match chain::hand_on(task, result, priority) {
-            chain::Next::Task(next) => next,
-            chain::Next::Answer {
-                reply_topic,
-                result,
-            } => Outgoing {
-                // A redelivered task answers once.
-                idempotency_key: Some(format!("result.{}.{}", result.task_id, result.attempt)),
-                topic: reply_topic,
-                payload: result.encode_to_vec(),
-                content_type: tta_runtime::agents::RESULT_CONTENT_TYPE.to_owned(),
-                priority: pb::Priority::High,
-                headers: Default::default(),
-            },
-        }))
+        Settle::Reply(Box::new(chain::hand_on(task, result, priority)))
     }
 }
 

@@ -79,19 +79,13 @@ impl Breakers {
         self.breaker(agent_type).state() == tta_runtime::breaker::CircuitState::Closed
     }
 
-    /// `agent_type` answered within a chain (no permit of its own was held for it): it is
-    /// alive.
-    pub fn answered(&self, agent_type: &str) {
-        if let Some(permit) = self.admit(agent_type) {
-            permit.succeeded();
-        }
-    }
-
-    /// A chain's first task could not be handed to the broker: a dispatch failure of
-    /// `agent_type`, as it would be without the chain.
-    pub fn unreachable(&self, agent_type: &str) {
-        if let Some(permit) = self.admit(agent_type) {
-            permit.failed();
+    /// Reports on `agent_type` when no permit of its own was held for it (its step ran in a
+    /// chain): `alive` when it answered, not when its task could not be dispatched.
+    pub fn report(&self, agent_type: &str, alive: bool) {
+        match self.admit(agent_type) {
+            Some(permit) if alive => permit.succeeded(),
+            Some(permit) => permit.failed(),
+            None => {}
         }
     }
 }

@@ -226,7 +226,7 @@ impl Dispatcher {
                     .message
                     .map(|message| message.payload)
                     .unwrap_or_default();
-                let result = match pb::AgentResult::decode(payload.clone()) {
+                let mut result = match pb::AgentResult::decode(payload.clone()) {
                     Ok(result) => result,
                     Err(err) => return Settle::Reject(format!("undecodable AgentResult: {err}")),
                 };
@@ -240,11 +240,10 @@ impl Dispatcher {
                 let own = if result.chained.is_empty() {
                     payload.to_vec()
                 } else {
-                    pb::AgentResult {
-                        chained: Vec::new(),
-                        ..result.clone()
-                    }
-                    .encode_to_vec()
+                    let chained = std::mem::take(&mut result.chained);
+                    let own = result.encode_to_vec();
+                    result.chained = chained;
+                    own
                 };
                 records.push((result.step_id.clone(), own));
                 // A chain's answer is awaited by the turn that dispatched one of its tasks.

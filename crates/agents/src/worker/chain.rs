@@ -9,21 +9,14 @@ use prost::Message;
 use tta_proto::v1 as pb;
 use tta_runtime::{agents, messaging::Outgoing};
 
-/// What a finished task sends on.
-#[derive(Debug)]
-pub enum Next {
-    /// The next step's task, for its agent type's topic.
-    Task(Outgoing),
-    /// The answer for the orchestrator.
-    Answer {
-        reply_topic: String,
-        result: Box<pb::AgentResult>,
-    },
-}
-
-/// Where `result`, the outcome of `task`, goes next. `priority` is the task's own, kept by the
+/// What `result`, the outcome of `task`, sends on: the next step's task for its agent type's
+/// topic, or the answer on the task's reply topic. `priority` is the task's own, kept by the
 /// tasks it hands on to.
-pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::Priority) -> Next {
+pub fn hand_on(
+    task: pb::AgentTask,
+    mut result: pb::AgentResult,
+    priority: pb::Priority,
+) -> Outgoing {
     if let Some(output) = result.output.as_mut() {
         carry_input_safety(output, task.turn.as_ref());
     }
@@ -32,9 +25,14 @@ pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::P
     let next = if succeeded { steps.next() } else { None };
     let Some(next) = next else {
         result.chained = with_outputs(task.chained, &task.upstream);
-        return Next::Answer {
-            reply_topic: task.reply_topic,
-            result: Box::new(result),
+        return Outgoing {
+            // A redelivered task answers once.
+            idempotency_key: Some(format!("result.{}.{}", result.task_id, result.attempt)),
+            topic: task.reply_topic,
+            payload: result.encode_to_vec(),
+            content_type: agents::RESULT_CONTENT_TYPE.to_owned(),
+            priority: pb::Priority::High,
+            headers: Default::default(),
         };
     };
 
@@ -72,7 +70,7 @@ pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::P
         next_steps: steps.collect(),
         chained,
     };
-    Next::Task(Outgoing {
+    Outgoing {
         topic: agents::task_topic(&next.agent_type),
         payload: handed_on.encode_to_vec(),
         content_type: agents::TASK_CONTENT_TYPE.to_owned(),
@@ -80,7 +78,7 @@ pub fn hand_on(task: pb::AgentTask, mut result: pb::AgentResult, priority: pb::P
         // A redelivered task hands on once.
         idempotency_key: Some(idempotency_key),
         headers: Default::default(),
-    })
+    }
 }
 
 /// The orchestrator's verdict on the player's text goes into an IPA output that reaches later
@@ -181,14 +179,22 @@ mod tests {
         }
     }
 
-    fn handed_on(next: Next) -> (Outgoing, pb::AgentTask) {
-        match next {
-            Next::Task(outgoing) => {
-                let task = pb::AgentTask::decode(outgoing.payload.as_slice()).unwrap();
-                (outgoing, task)
-            }
-            Next::Answer { result, .. } => panic!("expected a handed-on task, got {result:?}"),
-        }
+    fn handed_on(outgoing: Outgoing) -> (Outgoing, pb::AgentTask) {
+        assert_eq!(
+            outgoing.content_type,
+            agents::TASK_CONTENT_TYPE,
+            "expected a handed-on task, sent to {}",
+            outgoing.topic
+        );
+        let task = pb::AgentTask::decode(outgoing.payload.as_slice()).unwrap();
+        (outgoing, task)
+    }
+
+    /// The topic and result of an answer to the orchestrator.
+    fn answer(outgoing: Outgoing, why: &str) -> (String, pb::AgentResult) {
+        assert_eq!(outgoing.content_type, agents::RESULT_CONTENT_TYPE, "{why}");
+        let result = pb::AgentResult::decode(outgoing.payload.as_slice()).unwrap();
+        (outgoing.topic, result)
     }
 
     #[test]
@@ -235,13 +241,10 @@ mod tests {
         let result = succeeded(&ipa, ipa_output());
         let (_, nga) = handed_on(hand_on(ipa, result, pb::Priority::Normal));
         let result = succeeded(&nga, nga_output());
-        let Next::Answer {
-            reply_topic,
-            result,
-        } = hand_on(nga, result, pb::Priority::Normal)
-        else {
-            panic!("the last step must answer");
-        };
+        let (reply_topic, result) = answer(
+            hand_on(nga, result, pb::Priority::Normal),
+            "the last step must answer",
+        );
         assert_eq!(reply_topic, "results.gw-1");
         assert_eq!(result.step_id, "nga");
         assert_eq!(result.chained.len(), 1);
@@ -263,9 +266,10 @@ mod tests {
             status: pb::AgentResultStatus::FailedPermanent as i32,
             ..Default::default()
         };
-        let Next::Answer { result, .. } = hand_on(wba, failed, pb::Priority::Normal) else {
-            panic!("a failure must answer the orchestrator");
-        };
+        let (_, result) = answer(
+            hand_on(wba, failed, pb::Priority::Normal),
+            "a failure must answer the orchestrator",
+        );
         assert_eq!(result.task_id, "run-1:wba");
         assert_eq!(result.chained.len(), 1);
         assert!(result.chained[0].output.is_some());
@@ -275,9 +279,10 @@ mod tests {
     fn a_task_without_next_steps_answers_as_before() {
         let nga = task("nga", &[]);
         let result = succeeded(&nga, nga_output());
-        let Next::Answer { result, .. } = hand_on(nga, result, pb::Priority::Normal) else {
-            panic!("a lone task must answer");
-        };
+        let (_, result) = answer(
+            hand_on(nga, result, pb::Priority::Normal),
+            "a lone task must answer",
+        );
         assert!(result.chained.is_empty());
     }
 }

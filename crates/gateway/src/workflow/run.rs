@@ -451,11 +451,13 @@ async fn run_attempts(
         input.events.step_started(step, attempt);
         // A first attempt of a fresh turn lets the agents hand the output on along the line; a
         // retry goes step by step, as the tasks of the first attempt's chain may still be out.
-        let (chained, chain_permit) = if input.hand_on && !input.resumed && attempt == 1 {
+        let plan = if input.hand_on && !input.resumed && attempt == 1 {
             plan_chain(dispatcher, input.workflow, step).await
         } else {
-            (Vec::new(), None)
+            None
         };
+        let (chained, chain_permit) =
+            plan.map_or((Vec::new(), None), |(line, permit)| (line, Some(permit)));
         // A chain answers when its last step is done.
         let wait = chained
             .iter()
@@ -508,13 +510,13 @@ async fn run_attempts(
                 // Every agent whose result is in the answer answered.
                 for result in answer.chained.iter().chain(std::iter::once(answer)) {
                     if let Some(step) = input.workflow.step(&result.step_id) {
-                        dispatcher.breakers().answered(&step.agent_type);
+                        dispatcher.breakers().report(&step.agent_type, true);
                     }
                 }
             }
             (Err(_), Some(permit)) => permit.failed(),
             (Err(DispatchError::Publish(_)), None) => {
-                dispatcher.breakers().unreachable(&step.agent_type);
+                dispatcher.breakers().report(&step.agent_type, false);
             }
             (Err(DispatchError::Timeout), None) => {}
         }
@@ -601,16 +603,16 @@ async fn plan_chain<'w>(
     dispatcher: &Dispatcher,
     workflow: &'w Workflow,
     step: &Step,
-) -> (Vec<&'w Step>, Option<Permit>) {
+) -> Option<(Vec<&'w Step>, Permit)> {
     if step.hand_on_to.is_empty() {
-        return (Vec::new(), None);
+        return None;
     }
     let handing_on = dispatcher.types_handing_on().await;
     let breakers = dispatcher.breakers();
     let usable =
         |agent_type: &str| handing_on.contains(agent_type) && breakers.is_closed(agent_type);
     if !usable(&step.agent_type) {
-        return (Vec::new(), None);
+        return None;
     }
     let line: Vec<&Step> = step
         .hand_on_to
@@ -619,13 +621,11 @@ async fn plan_chain<'w>(
         .take_while(|next| usable(&next.agent_type))
         .collect();
     if line.is_empty() {
-        return (Vec::new(), None);
+        return None;
     }
     // One breaker per workflow: once a chain of it fell silent, no step of it hands on.
-    match dispatcher.chain_breakers().admit(&workflow.name) {
-        Some(permit) => (line, Some(permit)),
-        None => (Vec::new(), None),
-    }
+    let permit = dispatcher.chain_breakers().admit(&workflow.name)?;
+    Some((line, permit))
 }
 
 fn chained_step(step: &Step) -> pb::ChainedStep {
@@ -671,12 +671,20 @@ mod tests {
         }
     }
 
+    /// The answer of the line ipa → wba → nga dispatched at 1 s, with when each step ended.
+    fn chain_answer() -> (pb::AgentResult, SystemTime) {
+        let mut answer = result("nga", 1_010);
+        answer.chained = vec![result("ipa", 1_003), result("wba", 1_006)];
+        (
+            answer,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_000),
+        )
+    }
+
     #[test]
     fn a_chains_answer_gives_each_step_its_own_result_and_time() {
         let arrivals = Arrivals::default();
-        let mut answer = result("nga", 1_010);
-        answer.chained = vec![result("ipa", 1_003), result("wba", 1_006)];
-        let dispatched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000);
+        let (answer, dispatched_at) = chain_answer();
 
         let (own, took) = arrivals
             .own_result(answer, "run-1:ipa", dispatched_at)
@@ -699,9 +707,7 @@ mod tests {
     #[test]
     fn a_later_step_keeps_only_its_own_part_of_a_chains_answer() {
         let arrivals = Arrivals::default();
-        let mut answer = result("nga", 1_010);
-        answer.chained = vec![result("ipa", 1_003), result("wba", 1_006)];
-        let dispatched_at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_000);
+        let (answer, dispatched_at) = chain_answer();
 
         let (own, _) = arrivals
             .own_result(answer.clone(), "run-1:wba", dispatched_at)
