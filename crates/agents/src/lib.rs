@@ -43,7 +43,7 @@ use crate::{
 #[derive(Debug)]
 struct EngineRunner {
     engine: Box<dyn Engine>,
-    state: Option<StateStore>,
+    state: Option<StateStore<WorldState>>,
 }
 
 fn engine_failure(err: engines::Error) -> TaskError {
@@ -67,10 +67,10 @@ impl TaskRunner for EngineRunner {
                 .deadline
                 .and_then(|deadline| SystemTime::try_from(deadline).ok());
             let stored = store
-                .apply_once::<WorldState, _>(&task.session_id, &task.turn_id, deadline, |current| {
+                .apply_once(&task.session_id, &task.turn_id, deadline, |current| {
                     let outcome = self
                         .engine
-                        .run(task, EngineState::World(current.as_ref()))
+                        .run(task, EngineState::World(current))
                         .map_err(engine_failure)?;
                     Ok((outcome.output.encode_to_vec(), outcome.world_state))
                 })

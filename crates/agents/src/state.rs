@@ -6,9 +6,18 @@
 //! the state, compute, then a script writes the new state only if the version is still the one
 //! read, together with the turn's output. A redelivered task finds its turn's output and
 //! returns it without applying the turn again.
+//!
+//! Each store keeps the states it last committed in memory, so the next turn of a session it
+//! serves skips the read: the commit's version check still guards every write, and a state
+//! another replica changed in between fails it, after which the turn is read and computed again.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime},
+};
 
+use lru::LruCache;
 use redis::aio::ConnectionManager;
 use serde::{Serialize, de::DeserializeOwned};
 use tta_runtime::redis::Keyspace;
@@ -23,14 +32,23 @@ const MAX_ATTEMPTS: usize = 5;
 /// redeliveries come within minutes; a day bounds what a long session leaves behind.
 const TURN_OUTPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// Sessions whose last committed state a store keeps in memory. A world state is about a
+/// kilobyte, so this bounds the cache at a few megabytes; a session beyond it is read from Redis
+/// as if the cache did not exist.
+const CACHED_SESSIONS: NonZeroUsize = match NonZeroUsize::new(4096) {
+    Some(sessions) => sessions,
+    None => NonZeroUsize::MIN,
+};
+
 /// Compare-and-set of the state and the turn's output in one step. KEYS: state, turn output.
-/// ARGV: version read, new state, new version, output, retention ms.
+/// ARGV: version read, new state ("" when the turn changed nothing), new version, output,
+/// retention ms. Returns 0 when the version moved on or the turn was already applied.
 const COMMIT: &str = r#"
 local current = redis.call('HGET', KEYS[1], 'version')
 if (current or '') ~= ARGV[1] then return 0 end
 -- A duplicate delivery that committed first: read its output on the next attempt.
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', ARGV[3])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[2], 'version', ARGV[3]) end
 redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
 return 1
 "#;
@@ -38,14 +56,41 @@ return 1
 /// `(state JSON, version)` as stored.
 type StoredState = (Option<String>, Option<String>);
 
-#[derive(Clone)]
-pub struct StateStore {
+/// A session's state as of a version: what the next turn is computed from.
+struct Snapshot<S> {
+    /// The `version` field as stored; empty for a session without state.
+    version: String,
+    state: Option<Arc<S>>,
+}
+
+impl<S> Clone for Snapshot<S> {
+    fn clone(&self) -> Self {
+        Self {
+            version: self.version.clone(),
+            state: self.state.clone(),
+        }
+    }
+}
+
+pub struct StateStore<S> {
     keys: Keyspace,
     connection: ConnectionManager,
     commit: redis::Script,
+    committed: Arc<Mutex<LruCache<String, Snapshot<S>>>>,
 }
 
-impl std::fmt::Debug for StateStore {
+impl<S> Clone for StateStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            keys: self.keys.clone(),
+            connection: self.connection.clone(),
+            commit: self.commit.clone(),
+            committed: Arc::clone(&self.committed),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for StateStore<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateStore")
             .field("keys", &self.keys)
@@ -57,24 +102,57 @@ fn unavailable(err: redis::RedisError) -> TaskError {
     TaskError::Retryable(format!("state store: {err}"))
 }
 
-impl StateStore {
+fn count_read(source: &'static str) {
+    metrics::counter!("tta_agent_state_reads_total", "source" => source).increment(1);
+}
+
+impl<S> StateStore<S>
+where
+    S: Serialize + DeserializeOwned,
+{
     pub fn new(keys: Keyspace, connection: ConnectionManager) -> Self {
         Self {
             keys,
             connection,
             commit: redis::Script::new(COMMIT),
+            committed: Arc::new(Mutex::new(LruCache::new(CACHED_SESSIONS))),
+        }
+    }
+
+    fn cached(&self, session: &str) -> Option<Snapshot<S>> {
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        committed.get(session).cloned()
+    }
+
+    fn remember(&self, session: &str, snapshot: Option<Snapshot<S>>) {
+        let mut committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match snapshot {
+            Some(snapshot) => {
+                committed.put(session.to_owned(), snapshot);
+            }
+            None => {
+                committed.pop(session);
+            }
         }
     }
 
     /// Applies one turn to the session's state exactly once and returns the turn's output.
     ///
     /// `apply` gets the current state (`None` for a new session) and returns the output to
-    /// record and the new state, or `None` as the new state when nothing changed.
+    /// record and the new state, or `None` as the new state when nothing changed. It may run
+    /// more than once for one turn (a state that changed underneath is read and applied
+    /// again); only one run's result is ever recorded.
     ///
     /// A task whose `deadline` passed longer ago than outputs are kept (a dead letter replayed
     /// days later) is refused: its turn's output may have expired, and applying it again would
     /// change the world twice for one turn.
-    pub async fn apply_once<S, F>(
+    pub async fn apply_once<F>(
         &self,
         session: &str,
         turn: &str,
@@ -82,8 +160,7 @@ impl StateStore {
         apply: F,
     ) -> Result<Vec<u8>, TaskError>
     where
-        S: Serialize + DeserializeOwned,
-        F: Fn(Option<S>) -> Result<(Vec<u8>, Option<S>), TaskError>,
+        F: Fn(Option<&S>) -> Result<(Vec<u8>, Option<S>), TaskError>,
     {
         if let Some(deadline) = deadline
             && deadline + TURN_OUTPUT_RETENTION < SystemTime::now()
@@ -98,50 +175,51 @@ impl StateStore {
         let output_key = self.keys.tagged(session, &["world", "turn", turn]);
         let retention_ms = TURN_OUTPUT_RETENTION.as_millis() as u64;
         let mut connection = self.connection.clone();
+        let mut cached = self.cached(session);
         for _ in 0..MAX_ATTEMPTS {
-            let (done, current): (Option<Vec<u8>>, StoredState) = redis::pipe()
-                .cmd("GET")
-                .arg(&output_key)
-                .cmd("HMGET")
-                .arg(&state_key)
-                .arg("state")
-                .arg("version")
-                .query_async(&mut connection)
-                .await
-                .map_err(unavailable)?;
-            if let Some(output) = done {
-                return Ok(output);
-            }
-            let (raw_state, version) = current;
-            let state: Option<S> = raw_state
-                .map(|json| serde_json::from_str(&json))
-                .transpose()
-                .map_err(|err| {
-                    TaskError::Permanent(format!(
-                        "stored state of session {session} is unreadable: {err}"
-                    ))
-                })?;
-            let had_state = state.is_some();
-            let (output, next) = apply(state)?;
-            let version_read = version.unwrap_or_default();
-            let next_version = version_read.parse::<u64>().unwrap_or(0) + 1;
-            let next_json = match next {
-                Some(next) => serde_json::to_string(&next).map_err(|err| {
-                    TaskError::Permanent(format!("cannot store the new state: {err}"))
-                })?,
-                // Nothing changed: record the turn's output against the same state.
-                None if had_state => {
-                    let _: () = redis::cmd("SET")
+            let read = match cached.take() {
+                Some(snapshot) => {
+                    count_read("memory");
+                    snapshot
+                }
+                None => {
+                    count_read("redis");
+                    let (done, current): (Option<Vec<u8>>, StoredState) = redis::pipe()
+                        .cmd("GET")
                         .arg(&output_key)
-                        .arg(&output)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(retention_ms)
+                        .cmd("HMGET")
+                        .arg(&state_key)
+                        .arg("state")
+                        .arg("version")
                         .query_async(&mut connection)
                         .await
                         .map_err(unavailable)?;
-                    return Ok(output);
+                    if let Some(output) = done {
+                        return Ok(output);
+                    }
+                    let (raw_state, version) = current;
+                    let state = raw_state
+                        .map(|json| serde_json::from_str::<S>(&json))
+                        .transpose()
+                        .map_err(|err| {
+                            TaskError::Permanent(format!(
+                                "stored state of session {session} is unreadable: {err}"
+                            ))
+                        })?;
+                    Snapshot {
+                        version: version.unwrap_or_default(),
+                        state: state.map(Arc::new),
+                    }
                 }
+            };
+            let (output, next) = apply(read.state.as_deref())?;
+            let next_version = read.version.parse::<u64>().unwrap_or(0) + 1;
+            let next_json = match &next {
+                Some(next) => serde_json::to_string(next).map_err(|err| {
+                    TaskError::Permanent(format!("cannot store the new state: {err}"))
+                })?,
+                // Nothing changed: record the turn's output against the same state.
+                None if read.state.is_some() => String::new(),
                 None => {
                     return Err(TaskError::Permanent(
                         "a new session must produce a state".to_owned(),
@@ -152,7 +230,7 @@ impl StateStore {
                 .commit
                 .key(&state_key)
                 .key(&output_key)
-                .arg(&version_read)
+                .arg(&read.version)
                 .arg(next_json)
                 .arg(next_version)
                 .arg(&output)
@@ -161,8 +239,19 @@ impl StateStore {
                 .await
                 .map_err(unavailable)?;
             if committed == 1 {
+                let now = match next {
+                    Some(next) => Snapshot {
+                        version: next_version.to_string(),
+                        state: Some(Arc::new(next)),
+                    },
+                    None => read,
+                };
+                self.remember(session, Some(now));
                 return Ok(output);
             }
+            // Another replica moved the state on, or this turn was applied already: forget
+            // what this store knew and read again.
+            self.remember(session, None);
         }
         Err(TaskError::Retryable(format!(
             "session {session} state kept changing underneath"

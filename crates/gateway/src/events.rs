@@ -24,10 +24,11 @@ impl EventSink {
         (Self(Some(sender)), receiver)
     }
 
-    fn emit(&self, event: Event) {
+    /// Builds the event only when someone listens: a `ProcessUserInput` turn pays nothing.
+    fn emit(&self, event: impl FnOnce() -> Event) {
         if let Some(sender) = &self.0 {
             // A client that went away stops listening; the turn still completes.
-            let _ = sender.send(event);
+            let _ = sender.send(event());
         }
     }
 
@@ -36,22 +37,26 @@ impl EventSink {
     }
 
     pub fn accepted(&self, accepted: pb::TurnAccepted) {
-        self.emit(Event::Accepted(accepted));
+        self.emit(|| Event::Accepted(accepted));
     }
 
     pub fn step_started(&self, step: &Step, attempt: u32) {
-        self.emit(Event::StepStarted(pb::StepStarted {
-            step_id: step.id.clone(),
-            agent_type: step.agent_type.clone(),
-            attempt,
-        }));
+        self.emit(|| {
+            Event::StepStarted(pb::StepStarted {
+                step_id: step.id.clone(),
+                agent_type: step.agent_type.clone(),
+                attempt,
+            })
+        });
     }
 
     pub fn step_finished(&self, timing: &pb::StepTiming, error: &str) {
-        self.emit(Event::StepFinished(pb::StepFinished {
-            timing: Some(timing.clone()),
-            error: error.to_owned(),
-        }));
+        self.emit(|| {
+            Event::StepFinished(pb::StepFinished {
+                timing: Some(timing.clone()),
+                error: error.to_owned(),
+            })
+        });
     }
 
     pub fn safety(
@@ -61,41 +66,52 @@ impl EventSink {
         step_id: &str,
         replaced: bool,
     ) {
-        self.emit(Event::SafetyVerdict(pb::SafetyVerdict {
-            assessment: Some(assessment.clone()),
-            source: source as i32,
-            step_id: step_id.to_owned(),
-            replaced,
-        }));
+        self.emit(|| {
+            Event::SafetyVerdict(pb::SafetyVerdict {
+                assessment: Some(assessment.clone()),
+                source: source as i32,
+                step_id: step_id.to_owned(),
+                replaced,
+            })
+        });
     }
 
     /// The reply in display chunks; only ever called with text that passed the safety check.
     pub fn narrative(&self, text: &str) {
+        if !self.is_listening() {
+            return;
+        }
         let chunks = split_sentences(text);
         let last = chunks.len().saturating_sub(1);
         for (index, chunk) in chunks.into_iter().enumerate() {
-            self.emit(Event::NarrativeChunk(pb::NarrativeChunk {
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                text: chunk,
-                last: index == last,
-            }));
+            self.emit(|| {
+                Event::NarrativeChunk(pb::NarrativeChunk {
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    text: chunk,
+                    last: index == last,
+                })
+            });
         }
     }
 
     pub fn completed(&self, response: &pb::ProcessUserInputResponse) {
-        self.emit(Event::Completed(pb::TurnCompleted {
-            response: Some(response.clone()),
-        }));
+        self.emit(|| {
+            Event::Completed(pb::TurnCompleted {
+                response: Some(response.clone()),
+            })
+        });
     }
 
     pub fn failed(&self, status: &tonic::Status) {
         let retry_after = tta_types::error::retry_hint(status);
-        self.emit(Event::Failed(pb::TurnFailed {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-            retryable: retry_after.is_some(),
-            retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
-        }));
+        self.emit(|| {
+            Event::Failed(pb::TurnFailed {
+                code: status.code() as i32,
+                message: status.message().to_owned(),
+                retryable: retry_after.is_some(),
+                retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            })
+        });
     }
 }
 

@@ -65,6 +65,14 @@ pub struct TurnState {
     pub history: Vec<String>,
 }
 
+/// A turn whose session lock was taken: its state, and whether taking the lock also claimed the
+/// workflow it was asked to (see [`Store::try_lock_and_load`]).
+#[derive(Debug)]
+pub struct Locked {
+    pub state: TurnState,
+    pub claimed: bool,
+}
+
 impl TurnState {
     /// An earlier attempt of this turn got as far as choosing its workflow.
     pub fn resumed(&self) -> bool {
@@ -166,6 +174,27 @@ release()
 return false
 "#;
 
+/// Takes a session's lock and, only if it was free, reads the turn's state and claims the
+/// workflow of a turn no attempt has started (an empty run record). KEYS: lock, session, run,
+/// history. ARGV: lock token, hold ms, last history index, `name@version` to claim ("" for
+/// none), retention ms. Returns nil when the lock is held, else `{session, run fields, history,
+/// claimed (1/0)}`; the run fields are those read before the claim.
+const LOCK_AND_LOAD: &str = r#"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
+local session = redis.call('GET', KEYS[2])
+local run = redis.call('HGETALL', KEYS[3])
+local history = redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[3]))
+local claimed = 0
+if ARGV[4] ~= '' and #run == 0 then
+  redis.call('HSET', KEYS[3], 'workflow', ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[5])
+  claimed = 1
+end
+return {session, run, history, claimed}
+"#;
+
+static LOCK_AND_LOAD_SCRIPT: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(LOCK_AND_LOAD));
 static FINISH_TURN_SCRIPT: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(FINISH_TURN));
 static UNLOCK_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(UNLOCK));
@@ -401,6 +430,10 @@ impl Store {
     /// Takes the session's lock if it is free and reads what the turn needs in the same round
     /// trip; `None` when another turn holds the lock (wait for it with [`Self::lock`]). The
     /// reads are only used when the lock was taken, so they see no half-finished turn.
+    ///
+    /// With `claim`, a turn that no attempt has started yet (its run record is empty) also
+    /// records that workflow version as the one it runs, saving [`Self::claim_run_workflow`]
+    /// its round trip; [`Locked::claimed`] says whether it did.
     pub async fn try_lock_and_load(
         &self,
         session: &str,
@@ -408,22 +441,29 @@ impl Store {
         hold: Duration,
         turn: &str,
         window: usize,
-    ) -> Result<Option<TurnState>, Error> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.lock_key(session))
+        claim: Option<(&str, u32)>,
+    ) -> Result<Option<Locked>, Error> {
+        let claim = claim
+            .map(|(name, version)| format!("{name}@{version}"))
+            .unwrap_or_default();
+        type Reply = Option<(Option<Vec<u8>>, RunFields, Vec<String>, bool)>;
+        let reply: Reply = LOCK_AND_LOAD_SCRIPT
+            .key(self.lock_key(session))
+            .key(self.session_key(session))
+            .key(self.run_key(session, turn))
+            .key(self.history_key(session))
             .arg(token.value())
-            .arg("NX")
-            .arg("PX")
-            .arg(hold.as_millis() as u64);
-        self.add_turn_reads(&mut pipe, session, turn, window);
-        type Reply = (Option<String>, Option<Vec<u8>>, RunFields, Vec<String>);
-        let (taken, raw_session, run, history): Reply =
-            pipe.query_async(&mut self.connection()).await?;
-        if taken.is_none() {
+            .arg(hold.as_millis() as u64)
+            .arg(window.saturating_sub(1))
+            .arg(claim)
+            .arg(RUN_RETENTION.as_millis() as u64)
+            .invoke_async(&mut self.connection())
+            .await?;
+        let Some((raw_session, run, history, claimed)) = reply else {
             return Ok(None);
-        }
-        parse_turn_state(session, turn, raw_session, run, history).map(Some)
+        };
+        let state = parse_turn_state(session, turn, raw_session, run, history)?;
+        Ok(Some(Locked { state, claimed }))
     }
 
     fn add_turn_reads(&self, pipe: &mut redis::Pipeline, session: &str, turn: &str, window: usize) {
@@ -629,6 +669,55 @@ mod tests {
         );
         store.unlock("s1", &second).await?;
         assert!(store.lock("s1", &third, Duration::ZERO, hold).await?);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn taking_the_lock_claims_the_workflow_of_a_new_turn_only() -> anyhow::Result<()> {
+        let redis = tta_testkit::RedisServer::start()?;
+        let client = tta_runtime::redis::client(&redis.url())?;
+        let store = Store::new(
+            Keyspace::new(&tta_testkit::unique_prefix("lock-claim")),
+            client.get_connection_manager().await?,
+        );
+        let hold = Duration::from_secs(5);
+        let first = attempt("gw-a", "now", 1);
+        let locked = store
+            .try_lock_and_load("s1", &first, hold, "t1", 5, Some(("collaborative", 3)))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session was free"))?;
+        assert!(
+            locked.claimed,
+            "a new turn claims its workflow with the lock"
+        );
+        assert!(
+            !locked.state.resumed(),
+            "the state is the one read before the claim"
+        );
+
+        // While the lock is held, another attempt neither reads nor claims anything.
+        let waiting = attempt("gw-b", "now", 1);
+        assert!(
+            store
+                .try_lock_and_load("s1", &waiting, hold, "t1", 5, Some(("other", 1)))
+                .await?
+                .is_none()
+        );
+        store.unlock("s1", &first).await?;
+
+        // The retry of the same turn finds the version the first attempt started with.
+        let retry = store
+            .try_lock_and_load("s1", &waiting, hold, "t1", 5, Some(("other", 1)))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session was free again"))?;
+        assert!(!retry.claimed);
+        assert!(retry.state.resumed());
+        assert_eq!(retry.state.workflow, Some(("collaborative".to_owned(), 3)));
+        let ttl_ms: i64 = redis::cmd("PTTL")
+            .arg(store.run_key("s1", "t1"))
+            .query_async(&mut store.connection())
+            .await?;
+        assert!(ttl_ms > 0, "the claimed run record expires ({ttl_ms} ms)");
         Ok(())
     }
 }

@@ -169,6 +169,14 @@ impl TurnRunner {
             attempt: self.attempts.fetch_add(1, Ordering::Relaxed),
         };
         let window = self.config.gateway.history_window;
+        // When routing does not look at the session, the workflow is known before the session
+        // is read, and a new turn claims it together with taking the lock.
+        let routed = if request.workflow.is_empty() {
+            self.workflows
+                .route_without_context(&request.interaction_type)
+        } else {
+            None
+        };
         let loaded = self
             .store
             .try_lock_and_load(
@@ -177,6 +185,9 @@ impl TurnRunner {
                 budget * 3,
                 request.turn_id.as_str(),
                 window,
+                routed
+                    .as_ref()
+                    .map(|workflow| (workflow.name.as_str(), workflow.version)),
             )
             .await?;
         // A repeated turn_id waits for the lock too: if its first attempt is still running,
@@ -196,7 +207,13 @@ impl TurnRunner {
             token,
             released: AtomicBool::new(false),
         };
-        let outcome = self.run_locked(&request, loaded, &lock, events).await;
+        let (loaded, claimed) = match loaded {
+            Some(locked) => (Some(locked.state), routed.filter(|_| locked.claimed)),
+            None => (None, None),
+        };
+        let outcome = self
+            .run_locked(&request, loaded, claimed, &lock, events)
+            .await;
         if !lock.released.load(Ordering::Acquire)
             && let Err(err) = self.store.unlock(session_key, &lock.token).await
         {
@@ -205,11 +222,13 @@ impl TurnRunner {
         outcome
     }
 
-    /// `loaded` is the turn's state when it was read together with taking the lock.
+    /// `loaded` is the turn's state when it was read together with taking the lock; `claimed`
+    /// the workflow recorded for the turn in that same step.
     async fn run_locked(
         &self,
         request: &TurnRequest,
         loaded: Option<TurnState>,
+        claimed: Option<Arc<Workflow>>,
         lock: &HeldLock,
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
@@ -259,9 +278,13 @@ impl TurnRunner {
             )));
         }
 
-        let workflow = self
-            .choose_workflow(request, &session, state.workflow)
-            .await?;
+        let workflow = match claimed {
+            Some(workflow) => workflow,
+            None => {
+                self.choose_workflow(request, &session, state.workflow)
+                    .await?
+            }
+        };
         let run_id = run_id(&request.session_id, &request.turn_id);
         events.accepted(pb::TurnAccepted {
             run_id: run_id.clone(),

@@ -731,6 +731,90 @@ async fn registration_names_the_bad_field_and_keeps_versions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
+    let mut harness = Harness::start().await;
+    harness.agent(
+        "reflector",
+        |_| Duration::ZERO,
+        |_| Ok(custom("text", "You let the thought settle, slowly.")),
+    );
+    let reflect = |name: &str, condition: &str, precedence: i32| pb::WorkflowDefinition {
+        route: Some(pb::WorkflowRoute {
+            interaction_types: vec!["reflect".to_owned()],
+            condition: condition.to_owned(),
+            precedence,
+            ..Default::default()
+        }),
+        ..workflow(name, vec![step("reflect", "reflector", &[])])
+    };
+    harness
+        .register(reflect(
+            "calm-reflection",
+            r#"request.metadata.mode == "calm""#,
+            10,
+        ))
+        .await;
+    harness.register(reflect("plain-reflection", "", 1)).await;
+    harness
+        .register(pb::WorkflowDefinition {
+            route: Some(pb::WorkflowRoute {
+                interaction_types: vec!["pause".to_owned()],
+                ..Default::default()
+            }),
+            ..workflow("pause", vec![step("reflect", "reflector", &[])])
+        })
+        .await;
+
+    let routed = |turn: &str, interaction_type: &str, mode: Option<&str>| {
+        let mut client = harness.client.clone();
+        let request = pb::ProcessUserInputRequest {
+            session_id: "s-routes".to_owned(),
+            user_id: "player-1".to_owned(),
+            text: "i want to think for a moment".to_owned(),
+            turn_id: turn.to_owned(),
+            interaction_type: interaction_type.to_owned(),
+            metadata: mode
+                .map(|mode| HashMap::from([("mode".to_owned(), mode.to_owned())]))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        async move {
+            let response = client
+                .process_user_input(request)
+                .await
+                .unwrap()
+                .into_inner();
+            (response.workflow, response.replayed)
+        }
+    };
+    assert_eq!(
+        routed("t1", "reflect", Some("calm")).await,
+        ("calm-reflection".to_owned(), false)
+    );
+    assert_eq!(
+        routed("t2", "reflect", None).await,
+        ("plain-reflection".to_owned(), false),
+        "the condition is judged again for every turn"
+    );
+    // No route for this type has a condition: the workflow is chosen before the session is
+    // read and claimed with the session lock.
+    assert_eq!(
+        routed("t3", "pause", Some("calm")).await,
+        ("pause".to_owned(), false)
+    );
+    assert_eq!(
+        routed("t3", "pause", None).await,
+        ("pause".to_owned(), true)
+    );
+    assert_eq!(
+        routed("t1", "reflect", None).await,
+        ("calm-reflection".to_owned(), true),
+        "a repeated turn answers with the workflow it ran"
+    );
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn turns_are_routed_by_interaction_type_and_stream_their_progress() {
     let mut harness = Harness::start().await;
     harness.agent(

@@ -27,7 +27,7 @@ use tta_types::FieldViolation;
 
 use super::{
     builtin,
-    condition::Scope,
+    condition::{Operand, Scope},
     definition::{self, Defaults, Workflow},
 };
 use crate::error::Error;
@@ -370,6 +370,24 @@ impl WorkflowRegistry {
         Ok((page, next))
     }
 
+    /// The workflow [`Self::route`] picks for `interaction_type` whatever the session and the
+    /// request's metadata, or `None` when a route condition makes the choice depend on them
+    /// (or there is no workflow to pick).
+    pub fn route_without_context(&self, interaction_type: &str) -> Option<Arc<Workflow>> {
+        let depends_on_context = self.latest.load().values().any(|workflow| {
+            workflow.route.condition.is_some()
+                && workflow
+                    .route
+                    .interaction_types
+                    .iter()
+                    .any(|t| t == interaction_type)
+        });
+        if depends_on_context {
+            return None;
+        }
+        self.route(interaction_type, &NoContext)
+    }
+
     /// The workflow for a turn (R1.1): among workflows whose route names the interaction type
     /// and whose route condition holds, the highest precedence (ties: the name that sorts
     /// first); otherwise the default workflow; otherwise `collaborative`.
@@ -398,5 +416,14 @@ impl WorkflowRegistry {
             .or_else(|| snapshot.values().find(|workflow| workflow.route.is_default))
             .or_else(|| snapshot.get(builtin::COLLABORATIVE));
         chosen.cloned()
+    }
+}
+
+/// A scope with nothing in it, for routes that have no condition to evaluate.
+struct NoContext;
+
+impl Scope for NoContext {
+    fn lookup(&self, _path: &[String]) -> Operand {
+        Operand::Null
     }
 }
