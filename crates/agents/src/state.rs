@@ -177,6 +177,7 @@ where
         let mut connection = self.connection.clone();
         let mut cached = self.cached(session);
         for _ in 0..MAX_ATTEMPTS {
+            let remembered = cached.is_some();
             let read = match cached.take() {
                 Some(snapshot) => {
                     count_read("memory");
@@ -212,7 +213,15 @@ where
                     }
                 }
             };
-            let (output, next) = apply(read.state.as_deref())?;
+            let (output, next) = match apply(read.state.as_deref()) {
+                Ok(applied) => applied,
+                // A remembered state may be stale: judge the turn on the stored one.
+                Err(_) if remembered => {
+                    self.remember(session, None);
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
             let next_version = read.version.parse::<u64>().unwrap_or(0) + 1;
             let next_json = match &next {
                 Some(next) => serde_json::to_string(next).map_err(|err| {

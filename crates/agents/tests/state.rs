@@ -210,5 +210,32 @@ async fn a_store_skips_the_read_of_a_state_it_committed_but_never_uses_a_stale_o
         stored_state(&mut stats, &keys, "s1").await?,
         Counter { turns: 5 }
     );
+
+    // A turn that fails on the remembered state is judged again on the stored one.
+    first_replica
+        .apply_once("s2", "t1", soon, count(&applied))
+        .await?;
+    second_replica
+        .apply_once("s2", "t2", soon, count(&applied))
+        .await?;
+    assert_eq!(
+        first_replica
+            .apply_once("s2", "t3", soon, only_after(2))
+            .await?,
+        b"turn 3"
+    );
     Ok(())
+}
+
+/// Counts one more turn, but refuses unless `turns` turns came before.
+fn only_after(turns: u32) -> impl Fn(Option<&Counter>) -> Applied {
+    move |current| match current {
+        Some(counter) if counter.turns == turns => {
+            let next = Counter { turns: turns + 1 };
+            Ok((format!("turn {}", next.turns).into_bytes(), Some(next)))
+        }
+        _ => Err(TaskError::Permanent(format!(
+            "expected {turns} turns before"
+        ))),
+    }
 }

@@ -734,7 +734,7 @@ async fn registration_names_the_bad_field_and_keeps_versions() {
 async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
     let mut harness = Harness::start().await;
     harness.agent(
-        "reflector",
+        "ponderer",
         |_| Duration::ZERO,
         |_| Ok(custom("text", "You let the thought settle, slowly.")),
     );
@@ -745,7 +745,7 @@ async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
             precedence,
             ..Default::default()
         }),
-        ..workflow(name, vec![step("reflect", "reflector", &[])])
+        ..workflow(name, vec![step("reflect", "ponderer", &[])])
     };
     harness
         .register(reflect(
@@ -761,7 +761,7 @@ async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
                 interaction_types: vec!["pause".to_owned()],
                 ..Default::default()
             }),
-            ..workflow("pause", vec![step("reflect", "reflector", &[])])
+            ..workflow("pause", vec![step("reflect", "ponderer", &[])])
         })
         .await;
 

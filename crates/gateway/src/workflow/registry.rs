@@ -374,7 +374,8 @@ impl WorkflowRegistry {
     /// request's metadata, or `None` when a route condition makes the choice depend on them
     /// (or there is no workflow to pick).
     pub fn route_without_context(&self, interaction_type: &str) -> Option<Arc<Workflow>> {
-        let depends_on_context = self.latest.load().values().any(|workflow| {
+        let snapshot = self.latest.load();
+        let depends_on_context = snapshot.values().any(|workflow| {
             workflow.route.condition.is_some()
                 && workflow
                     .route
@@ -385,38 +386,46 @@ impl WorkflowRegistry {
         if depends_on_context {
             return None;
         }
-        self.route(interaction_type, &NoContext)
+        route_in(&snapshot, interaction_type, &NoContext)
     }
 
     /// The workflow for a turn (R1.1): among workflows whose route names the interaction type
     /// and whose route condition holds, the highest precedence (ties: the name that sorts
     /// first); otherwise the default workflow; otherwise `collaborative`.
     pub fn route(&self, interaction_type: &str, scope: &dyn Scope) -> Option<Arc<Workflow>> {
-        let snapshot = self.latest.load();
-        let chosen = snapshot
-            .values()
-            .filter(|workflow| {
-                workflow
-                    .route
-                    .interaction_types
-                    .iter()
-                    .any(|t| t == interaction_type)
-                    && workflow
-                        .route
-                        .condition
-                        .as_ref()
-                        .is_none_or(|condition| condition.eval(scope))
-            })
-            .max_by(|a, b| {
-                a.route
-                    .precedence
-                    .cmp(&b.route.precedence)
-                    .then_with(|| b.name.cmp(&a.name))
-            })
-            .or_else(|| snapshot.values().find(|workflow| workflow.route.is_default))
-            .or_else(|| snapshot.get(builtin::COLLABORATIVE));
-        chosen.cloned()
+        route_in(&self.latest.load(), interaction_type, scope)
     }
+}
+
+/// [`WorkflowRegistry::route`] over one snapshot of the latest versions.
+fn route_in(
+    snapshot: &HashMap<String, Arc<Workflow>>,
+    interaction_type: &str,
+    scope: &dyn Scope,
+) -> Option<Arc<Workflow>> {
+    let chosen = snapshot
+        .values()
+        .filter(|workflow| {
+            workflow
+                .route
+                .interaction_types
+                .iter()
+                .any(|t| t == interaction_type)
+                && workflow
+                    .route
+                    .condition
+                    .as_ref()
+                    .is_none_or(|condition| condition.eval(scope))
+        })
+        .max_by(|a, b| {
+            a.route
+                .precedence
+                .cmp(&b.route.precedence)
+                .then_with(|| b.name.cmp(&a.name))
+        })
+        .or_else(|| snapshot.values().find(|workflow| workflow.route.is_default))
+        .or_else(|| snapshot.get(builtin::COLLABORATIVE));
+    chosen.cloned()
 }
 
 /// A scope with nothing in it, for routes that have no condition to evaluate.
