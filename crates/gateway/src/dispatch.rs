@@ -1,10 +1,14 @@
 //! Sends agent tasks through the broker and waits for their results.
 //!
 //! Each gateway replica consumes its own reply topic (`results.<instance>`). A result is handed
-//! to the waiting turn if there is one and written to the turn's run record in Redis *before*
-//! its delivery is acked; a gateway that restarted mid-turn finds the result there when the
-//! client retries the turn. The turn may go on while the write is under way; if the write then
-//! fails and the gateway dies, a retried turn runs that step again. The world changes of a turn
+//! to the waiting turn if there is one, and its delivery is acked only once the result is
+//! durable: written to the turn's run record in Redis, or superseded by the turn's final
+//! response. A turn that records its response within [`RECORD_GRACE`] of a result's arrival
+//! releases it ([`HeldResults::superseded`]), and the result needs no record of its own: every
+//! retry of the turn gets that response. Otherwise the result is written to the run record
+//! before the ack, and a gateway that restarted mid-turn finds it there when the client retries
+//! the turn. The turn goes on while the write is under way; if the write then fails (or the
+//! gateway dies before it) a retried turn runs that step again. The world changes of a turn
 //! are applied once whatever runs again (the WBA keeps each turn's output), and the first
 //! answer recorded for a turn is the one every retry gets.
 
@@ -33,12 +37,44 @@ pub enum DispatchError {
     Timeout,
 }
 
+/// How long a result waits for its turn's final response before it is written to the run
+/// record. A turn answers within milliseconds of its last result; the wait stays far below the
+/// reply topic's two-second lease, after which the broker would deliver the result again.
+pub const RECORD_GRACE: Duration = Duration::from_millis(500);
+
+/// A result as its waiting turn receives it, with the means to say the turn's response made
+/// its record redundant.
+type Arrival = (pb::AgentResult, oneshot::Sender<()>);
+
+/// The results a turn received, held back from the run record until the turn's response is
+/// recorded ([`Self::superseded`]). Dropping them without that lets each be recorded.
+#[derive(Debug, Default)]
+pub struct HeldResults(Mutex<Vec<oneshot::Sender<()>>>);
+
+impl HeldResults {
+    fn hold(&self, release: oneshot::Sender<()>) {
+        if let Ok(mut held) = self.0.lock() {
+            held.push(release);
+        }
+    }
+
+    /// The turn's final response is recorded: the results it ran on need no record of their
+    /// own.
+    pub fn superseded(&self) {
+        if let Ok(mut held) = self.0.lock() {
+            for release in held.drain(..) {
+                let _ = release.send(());
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     publisher: Publisher,
     store: Store,
     reply_topic: String,
-    waiters: Arc<Mutex<HashMap<String, oneshot::Sender<pb::AgentResult>>>>,
+    waiters: Arc<Mutex<HashMap<String, oneshot::Sender<Arrival>>>>,
     breakers: Arc<Breakers>,
     chain_breakers: Arc<Breakers>,
     handing_on: Arc<Mutex<HandingOn>>,
@@ -145,11 +181,12 @@ impl Dispatcher {
         maybe_answered: bool,
     ) -> Result<pb::AgentResult, DispatchError> {
         let topic = task_topic(&task.agent_type);
-        self.run_on(topic, task, timeout, priority, maybe_answered)
+        self.run_on(topic, task, timeout, priority, maybe_answered, None)
             .await
     }
 
     /// Like [`Self::run`], on a given topic (one instance's own, for capability matching).
+    /// With `held`, the result's record waits for the turn's response (see [`HeldResults`]).
     pub async fn run_on(
         &self,
         topic: String,
@@ -157,6 +194,7 @@ impl Dispatcher {
         timeout: Duration,
         priority: pb::Priority,
         maybe_answered: bool,
+        held: Option<&HeldResults>,
     ) -> Result<pb::AgentResult, DispatchError> {
         task.reply_topic = self.reply_topic.clone();
         let (sender, receiver) = oneshot::channel();
@@ -200,7 +238,12 @@ impl Dispatcher {
                 match stored {
                     Some(result) => Ok(result),
                     None => match tokio::time::timeout(timeout, receiver).await {
-                        Ok(Ok(result)) => Ok(result),
+                        Ok(Ok((result, release))) => {
+                            if let Some(held) = held {
+                                held.hold(release);
+                            }
+                            Ok(result)
+                        }
                         _ => Err(DispatchError::Timeout),
                     },
                 }
@@ -212,11 +255,12 @@ impl Dispatcher {
         outcome
     }
 
-    /// The handler of the reply topic: hand the result to its waiting turn, persist it, then
-    /// ack. The turn goes on while the result is written; the ack still waits for the write,
-    /// so a result is never lost, and a turn that outlives a crash is retried from the record
-    /// or its answer. The answer of a chain (`AgentTask.next_steps`) goes to the turn waiting
-    /// for the chain's first task, and each chained step's result is recorded with it.
+    /// The handler of the reply topic: hand the result to its waiting turn, then ack once the
+    /// turn's response superseded it or, failing that within [`RECORD_GRACE`], once it is
+    /// written to the run record. The turn goes on meanwhile; the ack waits, so a result is
+    /// never lost, and a turn that outlives a crash is retried from the record or its answer.
+    /// The answer of a chain (`AgentTask.next_steps`) goes to the turn waiting for the chain's
+    /// first task, and each chained step's result is recorded with it.
     pub fn result_handler(&self) -> Handler {
         let dispatcher = self.clone();
         Arc::new(move |delivery: pb::Delivery| {
@@ -257,7 +301,15 @@ impl Dispatcher {
                         .find_map(|task| waiters.remove(task))
                 });
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(result);
+                    let (release, released) = oneshot::channel();
+                    if waiter.send((result, release)).is_ok()
+                        && matches!(
+                            tokio::time::timeout(RECORD_GRACE, released).await,
+                            Ok(Ok(()))
+                        )
+                    {
+                        return Settle::Ack;
+                    }
                 }
                 if let Err(err) = dispatcher
                     .store
@@ -270,5 +322,97 @@ impl Dispatcher {
                 Settle::Ack
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tta_runtime::redis::Keyspace;
+
+    use super::*;
+
+    fn result(step: &str) -> pb::AgentResult {
+        pb::AgentResult {
+            task_id: format!("run-1:{step}"),
+            session_id: "s1".to_owned(),
+            turn_id: "t1".to_owned(),
+            step_id: step.to_owned(),
+            status: pb::AgentResultStatus::Succeeded as i32,
+            ..Default::default()
+        }
+    }
+
+    /// The answer of `step`, carrying the results of the steps chained before it.
+    fn answer(step: &str, chained: &[&str]) -> pb::Delivery {
+        let result = pb::AgentResult {
+            chained: chained.iter().map(|step| result(step)).collect(),
+            ..result(step)
+        };
+        pb::Delivery {
+            message: Some(pb::BrokerMessage {
+                payload: result.encode_to_vec().into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn recorded(store: &Store, step: &str) -> anyhow::Result<Option<pb::AgentResult>> {
+        Ok(store.step_result("s1", "t1", step).await?)
+    }
+
+    #[tokio::test]
+    async fn a_result_is_recorded_before_its_ack_unless_the_turns_response_supersedes_it()
+    -> anyhow::Result<()> {
+        let redis = tta_testkit::RedisServer::start()?;
+        let client = tta_runtime::redis::client(&redis.url())?;
+        let store = Store::new(
+            Keyspace::new(&tta_testkit::unique_prefix("held-results")),
+            client.get_connection_manager().await?,
+        );
+        let dispatcher = Dispatcher::new(
+            Publisher::connect_lazy("http://127.0.0.1:9")?,
+            store.clone(),
+            "results.test".to_owned(),
+            CircuitBreakerConfig::default(),
+        );
+        let handler = dispatcher.result_handler();
+        let wait_for = |task: &str| {
+            let (sender, receiver) = oneshot::channel();
+            if let Ok(mut waiters) = dispatcher.waiters.lock() {
+                waiters.insert(task.to_owned(), sender);
+            }
+            receiver
+        };
+
+        // The turn recorded its response: the result is acked without a record of its own.
+        let waiting = wait_for("run-1:ipa");
+        let settling = tokio::spawn(handler(answer("ipa", &[])));
+        let (result, release) = waiting.await?;
+        assert_eq!(result.step_id, "ipa");
+        let held = HeldResults::default();
+        held.hold(release);
+        held.superseded();
+        assert_eq!(settling.await?, Settle::Ack);
+        assert!(recorded(&store, "ipa").await?.is_none());
+
+        // The turn ended without a response of record: each result of the chain's answer is
+        // written, each step's record holding its own result, then the answer is acked.
+        let waiting = wait_for("run-1:wba");
+        let settling = tokio::spawn(handler(answer("nga", &["wba"])));
+        let (result, release) = waiting.await?;
+        assert_eq!(result.chained.len(), 1);
+        drop(HeldResults(Mutex::new(vec![release])));
+        assert_eq!(settling.await?, Settle::Ack);
+        assert!(recorded(&store, "wba").await?.is_some());
+        let last = recorded(&store, "nga")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the chain's last step is recorded"))?;
+        assert!(last.chained.is_empty(), "{last:?}");
+
+        // A result nobody waits for any more is written at once.
+        assert_eq!(handler(answer("alt1", &[])).await, Settle::Ack);
+        assert!(recorded(&store, "alt1").await?.is_some());
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use tta_safety::{Source, escalation::EscalationReason, verdict::truncate_on_char
 use tta_types::{Config, SessionId, TurnId, UserId};
 
 use crate::{
-    dispatch::{DispatchError, Dispatcher},
+    dispatch::{DispatchError, Dispatcher, HeldResults},
     error::Error,
     events::EventSink,
     guard::{Occasion, SafetyGuard},
@@ -70,6 +70,8 @@ struct Ongoing<'a> {
     request: &'a TurnRequest,
     lock: &'a HeldLock,
     events: &'a EventSink,
+    /// The step results the turn's response, once recorded, supersedes.
+    held: &'a HeldResults,
     started: Instant,
 }
 
@@ -233,10 +235,12 @@ impl TurnRunner {
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let started = Instant::now();
+        let held = HeldResults::default();
         let ongoing = Ongoing {
             request,
             lock,
             events,
+            held: &held,
             started,
         };
         let session_key = request.session_id.as_str();
@@ -378,6 +382,7 @@ impl TurnRunner {
                 resumed,
                 // A stream reports each step as it starts and ends, which a chain would hide.
                 hand_on: !events.is_listening(),
+                held: &held,
             },
         )
         .await;
@@ -471,6 +476,7 @@ impl TurnRunner {
             request,
             lock,
             events,
+            held,
             started,
         } = *ongoing;
         session.version = response.session_version;
@@ -489,6 +495,8 @@ impl TurnRunner {
             )
             .await?;
         lock.released.store(true, Ordering::Release);
+        // Whichever attempt's response was recorded first, it is the answer to every retry.
+        held.superseded();
         if let Some(mut first) = first {
             first.replayed = true;
             events.narrative(&first.text);

@@ -27,7 +27,7 @@ use super::{
 use tta_runtime::breaker::Permit;
 
 use crate::{
-    dispatch::{DispatchError, Dispatcher},
+    dispatch::{DispatchError, Dispatcher, HeldResults},
     events::EventSink,
 };
 
@@ -51,6 +51,9 @@ pub struct RunInput<'a> {
     /// Agents may hand outputs on to the next steps of a line themselves
     /// ([`Step::hand_on_to`]). Off when each step's start and end is reported as it happens.
     pub hand_on: bool,
+    /// Where the results this run receives wait for the turn's response before they are
+    /// recorded.
+    pub held: &'a HeldResults,
 }
 
 /// What a run produced.
@@ -498,6 +501,7 @@ async fn run_attempts(
                 wait,
                 input.priority,
                 input.resumed || attempt > 1 || arrivals.handed_on.load(Ordering::Relaxed),
+                Some(input.held),
             )
             .await;
         // Any answer shows the agent type is alive; silence or no way to reach it does not. A
