@@ -1,9 +1,10 @@
 //! Per-session state of a stateful agent (the WBA's world) in Redis, changed atomically and at
 //! most once per turn.
 //!
-//! The state lives in a hash `<prefix>:{session}:world` (`state` as JSON, `version`), and each
-//! applied turn's output in `<prefix>:{session}:world:turn:<turn>` for a day. Applying a turn is optimistic: read
-//! the state, compute, then a script writes the new state only if the version is still the one
+//! The state lives in a hash `<prefix>:{session}:world` (`state` as JSON, `version`: a count of
+//! commits and a random tag, unique to each commit), and each applied turn's output in
+//! `<prefix>:{session}:world:turn:<turn>` for a day. Applying a turn is optimistic: read the
+//! state, compute, then a script writes the new state only if the version is still the one
 //! read, together with the turn's output. A redelivered task finds its turn's output and
 //! returns it without applying the turn again.
 //!
@@ -24,8 +25,9 @@ use tta_runtime::redis::Keyspace;
 
 use crate::worker::TaskError;
 
-/// Attempts before giving up on a contended session (turns of one session are serialised by the
-/// gateway, so contention means a duplicate delivery racing the original).
+/// Attempts before giving up on a contended session. Turns of one session are serialised by the
+/// gateway, so a failed commit means a remembered state another replica has moved on since, or
+/// a duplicate delivery racing the original.
 const MAX_ATTEMPTS: usize = 5;
 
 /// How long a turn's output is kept for a repeated delivery of the same turn. Retries and
@@ -96,6 +98,18 @@ impl<S> std::fmt::Debug for StateStore<S> {
             .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
+}
+
+/// The version after `current`: a count of commits and a random tag. The tag makes every
+/// version unique, so a remembered state never passes for another one with the same count (as
+/// after a Redis failover that lost a commit which another replica then made differently).
+fn next_version(current: &str) -> String {
+    let count = current
+        .split('.')
+        .next()
+        .and_then(|count| count.parse::<u64>().ok())
+        .unwrap_or(0);
+    format!("{}.{:016x}", count + 1, fastrand::u64(..))
 }
 
 fn unavailable(err: redis::RedisError) -> TaskError {
@@ -222,7 +236,7 @@ where
                 }
                 Err(err) => return Err(err),
             };
-            let next_version = read.version.parse::<u64>().unwrap_or(0) + 1;
+            let next_version = next_version(&read.version);
             let next_json = match &next {
                 Some(next) => serde_json::to_string(next).map_err(|err| {
                     TaskError::Permanent(format!("cannot store the new state: {err}"))
@@ -241,7 +255,7 @@ where
                 .key(&output_key)
                 .arg(&read.version)
                 .arg(next_json)
-                .arg(next_version)
+                .arg(&next_version)
                 .arg(&output)
                 .arg(retention_ms)
                 .invoke_async(&mut connection)
@@ -250,7 +264,7 @@ where
             if committed == 1 {
                 let now = match next {
                     Some(next) => Snapshot {
-                        version: next_version.to_string(),
+                        version: next_version,
                         state: Some(Arc::new(next)),
                     },
                     None => read,
@@ -265,5 +279,22 @@ where
         Err(TaskError::Retryable(format!(
             "session {session} state kept changing underneath"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_version;
+
+    #[test]
+    fn versions_count_commits_and_never_repeat() {
+        let first = next_version("");
+        assert!(first.starts_with("1."), "{first}");
+        assert!(next_version(&first).starts_with("2."));
+        assert!(
+            next_version("6").starts_with("7."),
+            "a plain count as stored before"
+        );
+        assert_ne!(next_version("6"), next_version("6"));
     }
 }

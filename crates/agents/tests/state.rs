@@ -227,6 +227,42 @@ async fn a_store_skips_the_read_of_a_state_it_committed_but_never_uses_a_stale_o
     Ok(())
 }
 
+#[tokio::test]
+async fn a_remembered_state_never_passes_for_another_with_the_same_count() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let keys = Keyspace::new(&tta_testkit::unique_prefix("state-lost"));
+    let first_replica = store(&redis, &keys).await?;
+    let second_replica = store(&redis, &keys).await?;
+    let mut connection = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let applied = AtomicU32::new(0);
+    let soon = Some(SystemTime::now() + Duration::from_secs(5));
+    first_replica
+        .apply_once("s1", "t1", soon, count(&applied))
+        .await?;
+    // Redis loses that commit (a failover before it reached the replica), and the other WBA
+    // makes a different first commit.
+    let _: () = redis::cmd("DEL")
+        .arg(keys.tagged("s1", &["world"]))
+        .arg(keys.tagged("s1", &["world", "turn", "t1"]))
+        .query_async(&mut connection)
+        .await?;
+    second_replica
+        .apply_once("s1", "t1-again", soon, |_| {
+            Ok((b"started at ten".to_vec(), Some(Counter { turns: 10 })))
+        })
+        .await?;
+    assert_eq!(
+        first_replica
+            .apply_once("s1", "t2", soon, count(&applied))
+            .await?,
+        b"turn 11",
+        "the first replica's memory of its lost commit is not taken for the new one"
+    );
+    Ok(())
+}
+
 /// Counts one more turn, but refuses unless `turns` turns came before.
 fn only_after(turns: u32) -> impl Fn(Option<&Counter>) -> Applied {
     move |current| match current {

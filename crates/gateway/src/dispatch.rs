@@ -47,7 +47,9 @@ pub const RECORD_GRACE: Duration = Duration::from_millis(500);
 type Arrival = (pb::AgentResult, oneshot::Sender<()>);
 
 /// The results a turn received, held back from the run record until the turn's response is
-/// recorded ([`Self::superseded`]). Dropping them without that lets each be recorded.
+/// recorded ([`Self::superseded`]). Dropping them without that lets each be recorded. Only
+/// the results a turn ends on are held for long: each new dispatch lets the earlier ones be
+/// recorded ([`Self::record_now`]), as their delivery slots are the reply topic's prefetch.
 #[derive(Debug, Default)]
 pub struct HeldResults(Mutex<Vec<oneshot::Sender<()>>>);
 
@@ -55,6 +57,15 @@ impl HeldResults {
     fn hold(&self, release: oneshot::Sender<()>) {
         if let Ok(mut held) = self.0.lock() {
             held.push(release);
+        }
+    }
+
+    /// The turn goes on to dispatch more work: the results held so far are not its last, so
+    /// they are written to the run record now rather than after [`RECORD_GRACE`], and free
+    /// their delivery slots at once.
+    pub fn record_now(&self) {
+        if let Ok(mut held) = self.0.lock() {
+            held.clear();
         }
     }
 
@@ -223,9 +234,11 @@ impl Dispatcher {
             Err(status) => Err(DispatchError::Publish(status)),
             Ok(_) => {
                 // The result may have arrived before the waiter existed (a retried turn whose
-                // task was answered while no gateway waited): it is stored before it is acked,
-                // and the waiter was registered before this read, so nothing falls between. A
-                // task published for the first time cannot have been answered yet.
+                // task was answered while no gateway waited): with no waiter it is stored
+                // before it is acked, and the waiter was registered before this read, so
+                // nothing falls between. (A result an earlier attempt held and that attempt's
+                // response never superseded is written within RECORD_GRACE, or its step runs
+                // again.) A task published for the first time cannot have been answered yet.
                 let stored = if maybe_answered {
                     self.store
                         .step_result(&session, &turn, &step)
@@ -409,6 +422,31 @@ mod tests {
             .await?
             .ok_or_else(|| anyhow::anyhow!("the chain's last step is recorded"))?;
         assert!(last.chained.is_empty(), "{last:?}");
+
+        // The turn goes on to other work: what it held is written at once.
+        let waiting = wait_for("run-1:mood");
+        let settling = tokio::spawn(handler(answer("mood", &[])));
+        let (_, release) = waiting.await?;
+        let held = HeldResults::default();
+        held.hold(release);
+        held.record_now();
+        assert_eq!(
+            tokio::time::timeout(RECORD_GRACE / 2, settling).await??,
+            Settle::Ack,
+            "written without waiting out the grace"
+        );
+        assert!(recorded(&store, "mood").await?.is_some());
+
+        // The turn neither answers nor lets go within the grace: the result is written anyway,
+        // well before the broker's lease would deliver it again.
+        let waiting = wait_for("run-1:slow");
+        let settling = tokio::spawn(handler(answer("slow", &[])));
+        let (_, _kept) = waiting.await?;
+        assert_eq!(
+            tokio::time::timeout(RECORD_GRACE * 3, settling).await??,
+            Settle::Ack
+        );
+        assert!(recorded(&store, "slow").await?.is_some());
 
         // A result nobody waits for any more is written at once.
         assert_eq!(handler(answer("alt1", &[])).await, Settle::Ack);

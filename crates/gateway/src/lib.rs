@@ -169,8 +169,9 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         group: "gateway".to_owned(),
         consumer: instance.clone(),
         prefetch: 256,
-        // Storing a result takes milliseconds; a short lease means results that reached a
-        // replica just before it crashed come back to it soon after its restart.
+        // Settling a result takes milliseconds (at most `dispatch::RECORD_GRACE` when it waits
+        // for its turn's response); a short lease means results that reached a replica just
+        // before it crashed come back to it soon after its restart.
         visibility_timeout: Some(Duration::from_secs(2)),
     };
     let safety = safety::SafetyService::new(guard.clone(), store.clone());

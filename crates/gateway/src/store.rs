@@ -178,7 +178,9 @@ return false
 /// workflow of a turn no attempt has started (an empty run record). KEYS: lock, session, run,
 /// history. ARGV: lock token, hold ms, last history index, `name@version` to claim ("" for
 /// none), retention ms. Returns nil when the lock is held, else `{session, run fields, history,
-/// claimed (1/0)}`; the run fields are those read before the claim.
+/// claimed (1/0)}`; the run fields are those read before the claim. A missing session is Lua
+/// `false`, which keeps its place in the reply as nil under RESP2, the protocol our
+/// connections speak.
 const LOCK_AND_LOAD: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
 local session = redis.call('GET', KEYS[2])
@@ -411,6 +413,17 @@ impl Store {
             .query_async(&mut self.connection())
             .await?;
         parse_workflow_field(turn, &stored)
+    }
+
+    /// Removes the workflow claimed for a turn that was then refused (the record holds
+    /// nothing else: it was empty when the claim was made under the session lock).
+    pub async fn withdraw_run_workflow(&self, session: &str, turn: &str) -> Result<(), Error> {
+        let _: () = redis::cmd("HDEL")
+            .arg(self.run_key(session, turn))
+            .arg(WORKFLOW_FIELD)
+            .query_async(&mut self.connection())
+            .await?;
+        Ok(())
     }
 
     /// The session, the turn's run record and the session's history, in one round trip.

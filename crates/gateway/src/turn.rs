@@ -270,12 +270,14 @@ impl TurnRunner {
             }
         };
         if session.user_id != request.user_id.as_str() {
+            self.withdraw_claim(request, claimed.is_some()).await;
             return Err(Error::PermissionDenied(format!(
                 "user_id: session {} belongs to another user",
                 request.session_id
             )));
         }
         if session.state == pb::SessionState::Ended as i32 {
+            self.withdraw_claim(request, claimed.is_some()).await;
             return Err(Error::FailedPrecondition(format!(
                 "session {} has ended",
                 request.session_id
@@ -397,6 +399,7 @@ impl TurnRunner {
             deadline,
             events,
             resumed,
+            held: &held,
         };
         let output_safety = if outcome.stopped {
             None
@@ -414,6 +417,21 @@ impl TurnRunner {
         );
         response.total_duration = prost_types::Duration::try_from(started.elapsed()).ok();
         self.finish(&ongoing, session, response, true).await
+    }
+
+    /// Takes back the workflow claimed with the lock for a turn that is refused, so a refused
+    /// request (another user's session, an ended one) leaves no trace in that turn's record.
+    async fn withdraw_claim(&self, request: &TurnRequest, claimed: bool) {
+        if !claimed {
+            return;
+        }
+        if let Err(err) = self
+            .store
+            .withdraw_run_workflow(request.session_id.as_str(), request.turn_id.as_str())
+            .await
+        {
+            tracing::warn!(session = %request.session_id, turn = %request.turn_id, error = %err, "cannot withdraw the workflow claimed for a refused turn; it expires with the run record");
+        }
     }
 
     /// The workflow for this turn: the version an earlier attempt of the same turn started
@@ -587,6 +605,8 @@ impl TurnRunner {
                     chained: Vec::new(),
                 };
                 let rejected = &rejected;
+                // The blocked reply is not the one the turn ends on.
+                review.held.record_now();
                 async move {
                     let text = self
                         .alternative_text(task, remaining, review.request.priority, review.resumed)
@@ -679,6 +699,7 @@ struct ReplyReview<'a> {
     events: &'a EventSink,
     /// An earlier attempt of the turn may already have asked for alternatives.
     resumed: bool,
+    held: &'a HeldResults,
 }
 
 /// The text an output offers the player: an NGA's narrative, or a custom agent's `text` field.

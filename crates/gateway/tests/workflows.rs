@@ -797,11 +797,18 @@ async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
         "the condition is judged again for every turn"
     );
     // No route for this type has a condition: the workflow is chosen before the session is
-    // read and claimed with the session lock.
+    // read and claimed with the session lock, so the only HSETNX of the turn is its response.
+    let redis_client = redis::Client::open(harness.redis.url()).unwrap();
+    let mut redis = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let claims_before = hsetnx_calls(&mut redis).await;
     assert_eq!(
         routed("t3", "pause", Some("calm")).await,
         ("pause".to_owned(), false)
     );
+    assert_eq!(hsetnx_calls(&mut redis).await - claims_before, 1);
     assert_eq!(
         routed("t3", "pause", None).await,
         ("pause".to_owned(), true)
@@ -811,7 +818,45 @@ async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
         ("calm-reflection".to_owned(), true),
         "a repeated turn answers with the workflow it ran"
     );
+
+    // A request refused after the lock was taken leaves nothing in that turn's record.
+    let refused = harness
+        .client
+        .process_user_input(pb::ProcessUserInputRequest {
+            session_id: "s-routes".to_owned(),
+            user_id: "someone-else".to_owned(),
+            text: "let me in".to_owned(),
+            turn_id: "t9".to_owned(),
+            interaction_type: "pause".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let run_key =
+        tta_runtime::redis::Keyspace::new(&harness.prefix).tagged("s-routes", &["run", "t9"]);
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(&run_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
     harness.stop().await;
+}
+
+/// How many `HSETNX` commands Redis has run, scripts included.
+async fn hsetnx_calls(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(redis)
+        .await
+        .unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_hsetnx:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

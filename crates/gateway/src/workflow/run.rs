@@ -493,6 +493,8 @@ async fn run_attempts(
             permit.abstain();
             None
         };
+        // Results held so far are not the ones this turn ends on.
+        input.held.record_now();
         let dispatched_at = SystemTime::now();
         let outcome = dispatcher
             .run_on(
