@@ -118,22 +118,6 @@ fn look(current: Option<&Counter>) -> Applied {
     Ok((format!("saw {turns}").into_bytes(), None))
 }
 
-/// How many times Redis ran `command` since it started.
-async fn calls(connection: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(connection)
-        .await
-        .unwrap_or_default();
-    let prefix = format!("cmdstat_{command}:calls=");
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn a_store_skips_the_read_of_a_state_it_committed_but_never_uses_a_stale_one()
 -> anyhow::Result<()> {
@@ -154,7 +138,7 @@ async fn a_store_skips_the_read_of_a_state_it_committed_but_never_uses_a_stale_o
             .await?,
         b"turn 1"
     );
-    let reads = calls(&mut stats, "hmget").await;
+    let reads = tta_testkit::command_calls(&mut stats, "hmget").await?;
     assert_eq!(
         first_replica
             .apply_once("s1", "t2", soon, count(&applied))
@@ -162,7 +146,7 @@ async fn a_store_skips_the_read_of_a_state_it_committed_but_never_uses_a_stale_o
         b"turn 2"
     );
     assert_eq!(
-        calls(&mut stats, "hmget").await,
+        tta_testkit::command_calls(&mut stats, "hmget").await?,
         reads,
         "the next turn on the same replica starts from the state it committed"
     );

@@ -803,12 +803,20 @@ async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let claims_before = hsetnx_calls(&mut redis).await;
+    let claims_before = tta_testkit::command_calls(&mut redis, "hsetnx")
+        .await
+        .unwrap();
     assert_eq!(
         routed("t3", "pause", Some("calm")).await,
         ("pause".to_owned(), false)
     );
-    assert_eq!(hsetnx_calls(&mut redis).await - claims_before, 1);
+    assert_eq!(
+        tta_testkit::command_calls(&mut redis, "hsetnx")
+            .await
+            .unwrap()
+            - claims_before,
+        1
+    );
     assert_eq!(
         routed("t3", "pause", None).await,
         ("pause".to_owned(), true)
@@ -842,21 +850,6 @@ async fn a_route_condition_is_judged_on_each_turns_request_and_session() {
         .unwrap();
     assert_eq!(left, 0);
     harness.stop().await;
-}
-
-/// How many `HSETNX` commands Redis has run, scripts included.
-async fn hsetnx_calls(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(redis)
-        .await
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_hsetnx:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,7 +16,7 @@ mod wait;
 pub use llm_stub::LlmStub;
 pub use ports::free_port;
 pub use process::{ServiceProcess, binary_path};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisServer, command_calls};
 pub use wait::{grpc_health, http_get, ready_report, wait_ready, wait_until};
 
 use tta_runtime::{

@@ -163,6 +163,25 @@ fn tail(log: &Path) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// How many times the Redis behind `connection` has run `command` (lower case, e.g. `hsetnx`),
+/// commands inside scripts included, from `INFO commandstats`; 0 when it never ran.
+pub async fn command_calls(
+    connection: &mut redis::aio::MultiplexedConnection,
+    command: &str,
+) -> anyhow::Result<u64> {
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await?;
+    let prefix = format!("cmdstat_{command}:calls=");
+    Ok(stats
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
