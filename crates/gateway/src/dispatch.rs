@@ -283,50 +283,46 @@ impl Dispatcher {
                     .message
                     .map(|message| message.payload)
                     .unwrap_or_default();
-                let mut result = match pb::AgentResult::decode(payload.clone()) {
+                let result = match pb::AgentResult::decode(payload.clone()) {
                     Ok(result) => result,
                     Err(err) => return Settle::Reject(format!("undecodable AgentResult: {err}")),
                 };
-                let (session, turn) = (result.session_id.clone(), result.turn_id.clone());
-                let mut records: Vec<(String, Vec<u8>)> = result
-                    .chained
-                    .iter()
-                    .map(|chained| (chained.step_id.clone(), chained.encode_to_vec()))
-                    .collect();
-                // Each step's record holds its own result; the chained ones have theirs.
-                let own = if result.chained.is_empty() {
-                    payload.to_vec()
-                } else {
-                    let chained = std::mem::take(&mut result.chained);
-                    let own = result.encode_to_vec();
-                    result.chained = chained;
-                    own
-                };
-                records.push((result.step_id.clone(), own));
                 // A chain's answer is awaited by the turn that dispatched one of its tasks.
-                let first_task = result
-                    .chained
-                    .first()
-                    .map_or_else(|| result.task_id.clone(), |first| first.task_id.clone());
                 let waiter = dispatcher.waiters.lock().ok().and_then(|mut waiters| {
                     std::iter::once(&result.task_id)
                         .chain(result.chained.iter().map(|chained| &chained.task_id))
                         .find_map(|task| waiters.remove(task))
                 });
-                if let Some(waiter) = waiter {
-                    let (release, released) = oneshot::channel();
-                    if waiter.send((result, release)).is_ok()
-                        && matches!(
-                            tokio::time::timeout(RECORD_GRACE, released).await,
-                            Ok(Ok(()))
-                        )
-                    {
-                        return Settle::Ack;
+                let result = match waiter {
+                    None => result,
+                    Some(waiter) => {
+                        let (release, released) = oneshot::channel();
+                        if waiter.send((result, release)).is_ok()
+                            && matches!(
+                                tokio::time::timeout(RECORD_GRACE, released).await,
+                                Ok(Ok(()))
+                            )
+                        {
+                            return Settle::Ack;
+                        }
+                        // The turn took the decoded result; recording is the rare case, so
+                        // the records are built from the delivery's bytes only now.
+                        match pb::AgentResult::decode(payload.clone()) {
+                            Ok(result) => result,
+                            Err(err) => {
+                                return Settle::Reject(format!("undecodable AgentResult: {err}"));
+                            }
+                        }
                     }
-                }
+                };
+                let first_task = result
+                    .chained
+                    .first()
+                    .map_or_else(|| result.task_id.clone(), |first| first.task_id.clone());
+                let (session, turn) = (result.session_id.clone(), result.turn_id.clone());
                 if let Err(err) = dispatcher
                     .store
-                    .record_steps(&session, &turn, records)
+                    .record_steps(&session, &turn, step_records(result, &payload))
                     .await
                 {
                     tracing::warn!(task = %first_task, error = %err, "cannot record a step result; will retry");
@@ -336,6 +332,22 @@ impl Dispatcher {
             })
         })
     }
+}
+
+/// The run-record entries of an answer, by step id: each step's record holds its own result,
+/// the chained ones theirs (`payload` is the answer as delivered).
+fn step_records(mut answer: pb::AgentResult, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let chained = std::mem::take(&mut answer.chained);
+    let own = if chained.is_empty() {
+        payload.to_vec()
+    } else {
+        answer.encode_to_vec()
+    };
+    chained
+        .iter()
+        .map(|result| (result.step_id.clone(), result.encode_to_vec()))
+        .chain(std::iter::once((answer.step_id, own)))
+        .collect()
 }
 
 #[cfg(test)]
