@@ -352,8 +352,6 @@ fn step_records(mut answer: pb::AgentResult, payload: &[u8]) -> Vec<(String, Vec
 
 #[cfg(test)]
 mod tests {
-    use tta_runtime::redis::Keyspace;
-
     use super::*;
 
     fn result(step: &str) -> pb::AgentResult {
@@ -390,11 +388,7 @@ mod tests {
     async fn a_result_is_recorded_before_its_ack_unless_the_turns_response_supersedes_it()
     -> anyhow::Result<()> {
         let redis = tta_testkit::RedisServer::start()?;
-        let client = tta_runtime::redis::client(&redis.url())?;
-        let store = Store::new(
-            Keyspace::new(&tta_testkit::unique_prefix("held-results")),
-            client.get_connection_manager().await?,
-        );
+        let store = Store::on(&redis, "held-results").await?;
         let dispatcher = Dispatcher::new(
             Publisher::connect_lazy("http://127.0.0.1:9")?,
             store.clone(),

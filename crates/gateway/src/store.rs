@@ -620,6 +620,18 @@ impl Store {
 }
 
 #[cfg(test)]
+impl Store {
+    /// A store on a test's private Redis, its keys under a prefix of their own.
+    pub(crate) async fn on(redis: &tta_testkit::RedisServer, test: &str) -> anyhow::Result<Self> {
+        let client = tta_runtime::redis::client(&redis.url())?;
+        Ok(Self::new(
+            Keyspace::new(&tta_testkit::unique_prefix(test)),
+            client.get_connection_manager().await?,
+        ))
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -656,11 +668,7 @@ mod tests {
     async fn an_attempt_whose_lock_expired_does_not_release_the_next_attempts_lock()
     -> anyhow::Result<()> {
         let redis = tta_testkit::RedisServer::start()?;
-        let client = tta_runtime::redis::client(&redis.url())?;
-        let store = Store::new(
-            Keyspace::new(&tta_testkit::unique_prefix("lock-attempts")),
-            client.get_connection_manager().await?,
-        );
+        let store = Store::on(&redis, "lock-attempts").await?;
         let hold = Duration::from_millis(50);
         let first = attempt("gw-a", "now", 1);
         assert!(store.lock("s1", &first, Duration::ZERO, hold).await?);
@@ -688,11 +696,7 @@ mod tests {
     #[tokio::test]
     async fn taking_the_lock_claims_the_workflow_of_a_new_turn_only() -> anyhow::Result<()> {
         let redis = tta_testkit::RedisServer::start()?;
-        let client = tta_runtime::redis::client(&redis.url())?;
-        let store = Store::new(
-            Keyspace::new(&tta_testkit::unique_prefix("lock-claim")),
-            client.get_connection_manager().await?,
-        );
+        let store = Store::on(&redis, "lock-claim").await?;
         let hold = Duration::from_secs(5);
         let first = attempt("gw-a", "now", 1);
         let locked = store

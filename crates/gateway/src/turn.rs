@@ -269,19 +269,24 @@ impl TurnRunner {
                 session
             }
         };
-        if session.user_id != request.user_id.as_str() {
-            self.withdraw_claim(request, claimed.is_some()).await;
-            return Err(Error::PermissionDenied(format!(
+        let refusal = if session.user_id != request.user_id.as_str() {
+            Some(Error::PermissionDenied(format!(
                 "user_id: session {} belongs to another user",
                 request.session_id
-            )));
-        }
-        if session.state == pb::SessionState::Ended as i32 {
-            self.withdraw_claim(request, claimed.is_some()).await;
-            return Err(Error::FailedPrecondition(format!(
+            )))
+        } else if session.state == pb::SessionState::Ended as i32 {
+            Some(Error::FailedPrecondition(format!(
                 "session {} has ended",
                 request.session_id
-            )));
+            )))
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            if claimed.is_some() {
+                self.withdraw_claim(request).await;
+            }
+            return Err(refusal);
         }
 
         let workflow = match claimed {
@@ -421,10 +426,7 @@ impl TurnRunner {
 
     /// Takes back the workflow claimed with the lock for a turn that is refused, so a refused
     /// request (another user's session, an ended one) leaves no trace in that turn's record.
-    async fn withdraw_claim(&self, request: &TurnRequest, claimed: bool) {
-        if !claimed {
-            return;
-        }
+    async fn withdraw_claim(&self, request: &TurnRequest) {
         if let Err(err) = self
             .store
             .withdraw_run_workflow(request.session_id.as_str(), request.turn_id.as_str())
