@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -21,6 +21,7 @@ use crate::{
     envelope::{now_millis, timestamp_from_millis, timestamp_to_millis},
     error::Error,
     fetch::Fetcher,
+    handoff::{self, Handoffs, Source},
     outgoing,
     topic::Receipt,
 };
@@ -53,16 +54,75 @@ pub struct Flow {
     window: bool,
     wake: Notify,
     in_flight: Mutex<ReceiptMap<InFlight>>,
+    /// The reader is parked on a blocking read: nothing is waiting for this consumer.
+    parked: AtomicBool,
+    /// One credit the parked reader left for a hand-off (1 or 0).
+    spare: AtomicU64,
 }
 
 impl Flow {
-    fn new(prefetch: u32, manual_credit: bool) -> Self {
+    pub(crate) fn new(prefetch: u32, manual_credit: bool) -> Self {
         Self {
             credit: AtomicU64::new(u64::from(prefetch)),
             window: !manual_credit,
             wake: Notify::new(),
             in_flight: Mutex::new(ReceiptMap::default()),
+            parked: AtomicBool::new(false),
+            spare: AtomicU64::new(0),
         }
+    }
+
+    /// Takes the spare credit for a hand-off, if the reader is parked and left one.
+    pub(crate) fn reserve_spare(&self) -> bool {
+        self.parked.load(Ordering::SeqCst)
+            && self
+                .spare
+                .compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// Parks the reader with `wanted` credits: one of them stays spare for a hand-off.
+    /// Returns how many the read may use.
+    fn park(&self, wanted: u64) -> u64 {
+        if wanted > 1 {
+            self.spare.store(1, Ordering::SeqCst);
+            self.parked.store(true, Ordering::SeqCst);
+            wanted - 1
+        } else {
+            wanted
+        }
+    }
+
+    /// The read returned: the spare credit, unless a hand-off took it, is the reader's again.
+    fn unpark(&self) -> u64 {
+        self.parked.store(false, Ordering::SeqCst);
+        self.spare.swap(0, Ordering::SeqCst)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn park_for_test(&self) {
+        self.park(2);
+    }
+
+    /// A delivery in flight that did not come from the reader (a hand-off).
+    pub(crate) fn track(&self, receipt: String, lease_deadline: Instant, published_at_ms: i64) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.insert(
+                receipt,
+                InFlight {
+                    lease_deadline,
+                    published_at_ms,
+                },
+            );
+        }
+    }
+
+    /// A tracked hand-off that could not be sent: forgotten, its credit given back.
+    pub(crate) fn untrack(&self, receipt: &str) {
+        if let Ok(mut in_flight) = self.in_flight.lock() {
+            in_flight.remove(receipt);
+        }
+        self.grant(1);
     }
 
     fn grant(&self, credits: u64) {
@@ -120,6 +180,14 @@ impl Flow {
         }
     }
 
+    /// When the lease of a delivery in flight here ends.
+    fn lease_deadline(&self, receipt: &str) -> Option<Instant> {
+        let in_flight = self.in_flight.lock().ok()?;
+        in_flight
+            .get(receipt)
+            .map(|delivery| delivery.lease_deadline)
+    }
+
     fn extend(&self, receipt: &str, lease: Duration) {
         if let Ok(mut in_flight) = self.in_flight.lock()
             && let Some(delivery) = in_flight.get_mut(receipt)
@@ -135,6 +203,8 @@ impl Flow {
 pub struct Sessions {
     flows: Mutex<HashMap<u64, Arc<Flow>>>,
     next_id: AtomicU64,
+    /// Messages handed from one local stream to another without a Redis round trip.
+    pub handoffs: Arc<Handoffs>,
 }
 
 impl Sessions {
@@ -190,6 +260,13 @@ pub async fn run<S>(
     let session = sessions.register(flow.clone());
     let stop = shutdown.child();
     let topic = settings.subscription.keys.topic.clone();
+    sessions.handoffs.register(
+        &topic,
+        session,
+        flow.clone(),
+        outgoing.clone(),
+        settings.subscription.visibility_timeout,
+    );
     metrics::gauge!("tta_broker_consumers", "topic" => topic.clone()).increment(1.0);
 
     let reader = tokio::spawn(read_loop(
@@ -247,6 +324,7 @@ pub async fn run<S>(
             other => {
                 handle_other(
                     &engine,
+                    &sessions,
                     &settings,
                     &flow,
                     pb::ConsumeRequest { frame: other },
@@ -262,6 +340,9 @@ pub async fn run<S>(
 
     stop.trigger();
     let _ = reader.await;
+    // Hand-offs this consumer never settled go to Redis, for another consumer.
+    let orphans = sessions.handoffs.unregister(&topic, session);
+    handoff::store(&engine, &sessions.handoffs, orphans, "consumer_gone").await;
     sessions.unregister(session);
     metrics::gauge!("tta_broker_consumers", "topic" => topic).decrement(1.0);
 }
@@ -308,9 +389,31 @@ async fn settle(
     // Per valid reply: its receipt and how many of `messages` are its own.
     let mut owners: Vec<(String, usize)> = Vec::new();
     for pb::ReplyFrame { receipt, publish } in replies {
-        Receipt::parse("reply.receipt", &receipt)?;
+        let source = if handoff::is_handoff(&receipt) {
+            sessions
+                .handoffs
+                .head_deadline(&receipt)
+                .map(|deadline| (Source::Handed(receipt.clone()), deadline))
+        } else {
+            let stored = Receipt::parse("reply.receipt", &receipt)?;
+            flow.lease_deadline(&receipt)
+                .map(|lease| (Source::Stored(stored), handoff::head_deadline_from(lease)))
+        };
         match check_reply(engine, publish, &no_trace) {
-            Ok(valid) => {
+            Ok(mut valid) => {
+                // One message and a consumer of its topic waiting here: hand it over.
+                if let (Some((source, deadline)), 1) = (source, valid.len())
+                    && let Some(message) = valid.pop()
+                {
+                    match sessions.handoffs.hand(message, source, deadline) {
+                        Ok(()) => {
+                            flow.settle([receipt.as_str()]);
+                            sessions.handoffs.answered_by_handoff(&receipt);
+                            continue;
+                        }
+                        Err(message) => valid.push(message),
+                    }
+                }
                 owners.push((receipt, valid.len()));
                 messages.extend(valid);
             }
@@ -318,6 +421,7 @@ async fn settle(
                 tracing::warn!(topic = %topic, error = %violation, "invalid reply; dead-lettering its delivery");
                 nack_delivery(
                     engine,
+                    sessions,
                     settings,
                     flow,
                     &receipt,
@@ -352,6 +456,7 @@ async fn settle(
                     let reason = format!("cannot publish the reply: {err}");
                     nack_delivery(
                         engine,
+                        sessions,
                         settings,
                         flow,
                         &receipt,
@@ -363,6 +468,14 @@ async fn settle(
                 }
             }
         }
+    }
+    let (handed, mut acks): (Vec<String>, Vec<String>) = acks
+        .into_iter()
+        .partition(|receipt| handoff::is_handoff(receipt));
+    if !handed.is_empty() {
+        sessions.settle(&handed);
+        let heads = sessions.handoffs.settled(handed.iter().map(String::as_str));
+        acks.extend(heads.iter().map(Receipt::to_string));
     }
     if acks.is_empty() {
         return Ok(());
@@ -387,9 +500,11 @@ fn check_reply(
     .collect()
 }
 
-/// Nacks one delivery of this stream and gives its credit back.
+/// Nacks one delivery of this stream and gives its credit back. A nacked hand-off is stored
+/// on its topic, where the usual retries and dead-lettering apply to it.
 async fn nack_delivery(
     engine: &Engine,
+    sessions: &Sessions,
     settings: &Settings,
     flow: &Flow,
     receipt: &str,
@@ -397,6 +512,17 @@ async fn nack_delivery(
     reason: &str,
     retry_after: Option<Duration>,
 ) {
+    if handoff::is_handoff(receipt) {
+        flow.settle([receipt]);
+        handoff::store(
+            engine,
+            &sessions.handoffs,
+            vec![receipt.to_owned()],
+            "nacked",
+        )
+        .await;
+        return;
+    }
     let subscription = &settings.subscription;
     let outcome = match Receipt::parse("receipt", receipt) {
         Ok(parsed) => {
@@ -466,6 +592,7 @@ async fn settle_acks(
 
 async fn handle_other(
     engine: &Engine,
+    sessions: &Sessions,
     settings: &Settings,
     flow: &Flow,
     request: pb::ConsumeRequest,
@@ -477,7 +604,9 @@ async fn handle_other(
             Ok(())
         }
         Some(Frame::Nack(nack)) => {
-            Receipt::parse("nack.receipt", &nack.receipt)?;
+            if !handoff::is_handoff(&nack.receipt) {
+                Receipt::parse("nack.receipt", &nack.receipt)?;
+            }
             let permanent = match pb::NackKind::try_from(nack.kind) {
                 Ok(pb::NackKind::Permanent) => true,
                 Ok(pb::NackKind::Transient) => false,
@@ -493,6 +622,7 @@ async fn handle_other(
                 .and_then(|d| Duration::try_from(*d).ok());
             nack_delivery(
                 engine,
+                sessions,
                 settings,
                 flow,
                 &nack.receipt,
@@ -501,6 +631,15 @@ async fn handle_other(
                 retry_after,
             )
             .await;
+            Ok(())
+        }
+        Some(Frame::Extend(extend)) if handoff::is_handoff(&extend.receipt) => {
+            if sessions
+                .handoffs
+                .extend(&extend.receipt, subscription.visibility_timeout)
+            {
+                flow.extend(&extend.receipt, subscription.visibility_timeout);
+            }
             Ok(())
         }
         Some(Frame::Extend(extend)) => {
@@ -588,10 +727,18 @@ async fn read_loop(
             continue;
         };
 
-        let read = tokio::select! {
-            read = fetcher.next(&engine, &subscription, blocking, wanted as usize, BLOCK) => read,
-            () = stop.wait() => { flow.grant(wanted); break }
+        // A consumer that keeps up waits on a blocking read, and hand-offs may use one credit
+        // meanwhile: there is no backlog for them to overtake.
+        let readable = if fetcher.keeps_up() {
+            flow.park(wanted)
+        } else {
+            wanted
         };
+        let read = tokio::select! {
+            read = fetcher.next(&engine, &subscription, blocking, readable as usize, BLOCK) => read,
+            () = stop.wait() => { flow.grant(readable + flow.unpark()); break }
+        };
+        let wanted = readable + flow.unpark();
         let batch = match read {
             Ok(batch) => {
                 failures = 0;

@@ -75,6 +75,11 @@ impl Fetcher {
         Ok(self.split_read(read, wanted, Instant::now()))
     }
 
+    /// Every stream was drained by the last read: the next one blocks until something arrives.
+    pub fn keeps_up(&self) -> bool {
+        !self.backlog && !self.holds_any()
+    }
+
     fn holds_any(&self) -> bool {
         self.held.iter().any(|queue| !queue.is_empty())
     }

@@ -13,6 +13,7 @@ pub mod engine;
 pub mod envelope;
 pub mod error;
 pub mod fetch;
+pub mod handoff;
 pub mod maintenance;
 pub mod outgoing;
 pub mod publish_stream;
@@ -42,6 +43,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         .await;
 
     let service = service::BrokerService::new(engine.clone(), context.shutdown.clone());
+    let handoff_sweeper = service.handoff_sweeper();
     let server = BrokerServer::new(service)
         .max_decoding_message_size(MAX_GRPC_MESSAGE)
         .max_encoding_message_size(MAX_GRPC_MESSAGE);
@@ -49,5 +51,6 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     let shutdown = context.shutdown.clone();
     Ok(ServiceParts::default()
         .with_grpc(grpc)
-        .with_task("broker-maintenance", maintenance::run(engine, shutdown)))
+        .with_task("broker-maintenance", maintenance::run(engine, shutdown))
+        .with_task("broker-handoffs", handoff_sweeper))
 }

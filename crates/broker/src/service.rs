@@ -16,6 +16,7 @@ use crate::{
     engine::{Engine, Outgoing, Published, Subscription},
     envelope::{timestamp_from_millis, timestamp_to_millis},
     error::Error,
+    handoff,
     outgoing::{self, MAX_DELAY},
     topic::{Receipt, check_name, priority_from_code},
 };
@@ -44,6 +45,17 @@ impl BrokerService {
             sessions: Arc::new(Sessions::default()),
             shutdown,
         }
+    }
+
+    /// Stores hand-offs that outlived their deadline, until shutdown.
+    pub fn handoff_sweeper(
+        &self,
+    ) -> impl std::future::Future<Output = Result<(), tta_runtime::BoxError>> + Send + 'static {
+        handoff::sweep(
+            self.engine.clone(),
+            self.sessions.handoffs.clone(),
+            self.shutdown.clone(),
+        )
     }
 
     /// Checks the messages of a `PublishBatch` request or a publish-stream frame.
@@ -345,9 +357,33 @@ impl Broker for BrokerService {
         let receipts = raw
             .iter()
             .enumerate()
+            .filter(|(_, text)| !handoff::is_handoff(text))
             .map(|(index, text)| Receipt::parse(&format!("receipts[{index}]"), text))
             .collect::<Result<Vec<_>, _>>()?;
-        let unknown = self.engine.ack(&receipts).await?;
+        let handed: Vec<&str> = raw
+            .iter()
+            .map(String::as_str)
+            .filter(|text| handoff::is_handoff(text))
+            .collect();
+        let unknown = if handed.is_empty() {
+            self.engine.ack(&receipts).await?
+        } else {
+            // Positions of `unknown` index `receipts`, the stored ones: map them back to `raw`.
+            let stored_positions: Vec<usize> = (0..raw.len())
+                .filter(|index| !handoff::is_handoff(&raw[*index]))
+                .collect();
+            let unknown = if receipts.is_empty() {
+                Vec::new()
+            } else {
+                self.engine.ack(&receipts).await?
+            };
+            let heads = self.sessions.handoffs.settled(handed);
+            handoff::ack_heads(&self.engine, heads).await;
+            unknown
+                .into_iter()
+                .filter_map(|index| stored_positions.get(index).copied())
+                .collect()
+        };
         self.sessions.settle(&raw);
         let unknown_receipts: Vec<String> = unknown
             .iter()
@@ -369,6 +405,21 @@ impl Broker for BrokerService {
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         let request = request.into_inner();
+        if handoff::is_handoff(&request.receipt) {
+            // A hand-off is stored on its topic instead, where retries and dead-lettering apply.
+            self.sessions.settle(std::slice::from_ref(&request.receipt));
+            handoff::store(
+                &self.engine,
+                &self.sessions.handoffs,
+                vec![request.receipt],
+                "nacked",
+            )
+            .await;
+            return Ok(Response::new(pb::NackResponse {
+                dead_lettered: false,
+                retry_at: None,
+            }));
+        }
         let receipt = Receipt::parse("receipt", &request.receipt)?;
         let permanent = match pb::NackKind::try_from(request.kind) {
             Ok(pb::NackKind::Permanent) => true,

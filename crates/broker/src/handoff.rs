@@ -1,0 +1,539 @@
+//! Direct hand-off: a message a consumer publishes in a reply frame goes straight to a consumer
+//! of its topic on this broker that is waiting with free credit, without a round trip through
+//! Redis. This is the path of a turn's chained tasks (IPA → WBA → NGA) and of its answer.
+//!
+//! The work always stays somewhere durable. The delivery a reply answered stays pending in
+//! Redis (its entry unacknowledged) while what it handed on is in flight. A hand-off acked by
+//! its consumer, or answered by a reply that was stored, acks that delivery; when the hand-off
+//! was itself answered by another hand-off, the stored delivery at the head of the line is
+//! acked once the last one is settled. A hand-off that is nacked, outlives its lease or half
+//! of the head's remaining lease, or loses its consumer (a closed stream, a broker shutdown)
+//! is stored on its topic like any publish, and then the head is acked. If that store fails
+//! the head is left alone: its lease runs out and it is delivered again. A broker that dies
+//! loses only hand-offs, whose heads are pending in Redis and are delivered again.
+//!
+//! Hand-offs go only to a consumer whose reader is parked on a blocking read, so there is no
+//! backlog they could overtake (a message published by another replica while the read waits
+//! can be overtaken by one hand-off).
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tta_proto::v1 as pb;
+
+use crate::{
+    consumer::Flow,
+    engine::{Engine, Outgoing},
+    envelope::{now_millis, timestamp_from_millis},
+    topic::Receipt,
+};
+
+/// Every hand-off receipt starts with this character, which no topic name (and so no stored
+/// receipt) can contain.
+const MARK: char = '~';
+
+/// How often expired hand-offs are looked for.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+
+pub type DeliverySender = mpsc::Sender<Result<pb::Delivery, tonic::Status>>;
+
+/// Whether `receipt` names a hand-off rather than a stored entry.
+pub fn is_handoff(receipt: &str) -> bool {
+    receipt.starts_with(MARK)
+}
+
+/// What a hand-off came from, and so what settles when it is settled.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A delivery whose entry is pending in Redis.
+    Stored(Receipt),
+    /// Another hand-off, answered by this one.
+    Handed(String),
+}
+
+/// A consume stream of this broker that hand-offs may go to.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    stream: u64,
+    flow: Arc<Flow>,
+    outgoing: DeliverySender,
+    lease: Duration,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// What a fallback stores.
+    message: Outgoing,
+    source: Source,
+    /// The stream it was handed to, until its consumer answers it with another hand-off.
+    stream: Option<u64>,
+    /// When it is stored instead, unless settled first.
+    deadline: Instant,
+    /// Half of the stored head's remaining lease: a line of hand-offs never outlives it.
+    head_deadline: Instant,
+}
+
+/// The hand-offs of this broker process.
+#[derive(Debug)]
+pub struct Handoffs {
+    endpoints: Mutex<HashMap<String, Vec<Endpoint>>>,
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Tells this process's receipts from an earlier incarnation's.
+    incarnation: u64,
+    next: AtomicU64,
+}
+
+impl Default for Handoffs {
+    fn default() -> Self {
+        Self {
+            endpoints: Mutex::default(),
+            pending: Mutex::default(),
+            incarnation: uuid::Uuid::now_v7().as_u64_pair().1 >> 16,
+            next: AtomicU64::new(1),
+        }
+    }
+}
+
+/// The outcome of settling hand-offs: the stored heads now due for an ack.
+pub type Heads = Vec<Receipt>;
+
+impl Handoffs {
+    pub fn register(
+        &self,
+        topic: &str,
+        stream: u64,
+        flow: Arc<Flow>,
+        outgoing: DeliverySender,
+        lease: Duration,
+    ) {
+        if let Ok(mut endpoints) = self.endpoints.lock() {
+            endpoints
+                .entry(topic.to_owned())
+                .or_default()
+                .push(Endpoint {
+                    stream,
+                    flow,
+                    outgoing,
+                    lease,
+                });
+        }
+    }
+
+    /// Forgets a closed stream and returns the hand-offs it still had in flight, to be stored.
+    pub fn unregister(&self, topic: &str, stream: u64) -> Vec<String> {
+        if let Ok(mut endpoints) = self.endpoints.lock()
+            && let Some(list) = endpoints.get_mut(topic)
+        {
+            list.retain(|endpoint| endpoint.stream != stream);
+            if list.is_empty() {
+                endpoints.remove(topic);
+            }
+        }
+        match self.pending.lock() {
+            Ok(pending) => pending
+                .iter()
+                .filter(|(_, entry)| entry.stream == Some(stream))
+                .map(|(receipt, _)| receipt.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Hands `message` to a consumer of its topic waiting with free credit. Gives the message
+    /// back when there is none, for an ordinary publish.
+    pub fn hand(
+        &self,
+        message: Outgoing,
+        source: Source,
+        head_deadline: Instant,
+    ) -> Result<(), Outgoing> {
+        if !message.delay.is_zero() {
+            return Err(message);
+        }
+        let Some(endpoint) = self.waiting_endpoint(&message.topic) else {
+            return Err(message);
+        };
+        let receipt = format!(
+            "{MARK}{:x}-{}",
+            self.incarnation,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let now = Instant::now();
+        let published_at_ms = now_millis();
+        let delivery = pb::Delivery {
+            message: Some(pb::BrokerMessage {
+                id: uuid::Uuid::now_v7().to_string(),
+                topic: message.topic.clone(),
+                priority: pb::Priority::from(message.priority) as i32,
+                headers: message.headers.clone(),
+                payload: message.payload.clone(),
+                attempts: 1,
+                idempotency_key: message.idempotency_key.clone().unwrap_or_default(),
+                delay: None,
+                published_at: Some(timestamp_from_millis(published_at_ms)),
+                content_type: message.content_type.clone(),
+                history: Vec::new(),
+            }),
+            receipt: receipt.clone(),
+            lease_expires_at: Some(timestamp_from_millis(
+                published_at_ms + endpoint.lease.as_millis() as i64,
+            )),
+        };
+        let topic = message.topic.clone();
+        endpoint
+            .flow
+            .track(receipt.clone(), now + endpoint.lease, published_at_ms);
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.insert(
+                receipt.clone(),
+                Pending {
+                    message,
+                    source,
+                    stream: Some(endpoint.stream),
+                    deadline: (now + endpoint.lease).min(head_deadline),
+                    head_deadline,
+                },
+            );
+        }
+        if endpoint.outgoing.try_send(Ok(delivery)).is_err() {
+            endpoint.flow.untrack(&receipt);
+            let message = self.take(&receipt).map(|(message, _)| message);
+            return Err(message.unwrap_or_else(|| unreachable_message(&topic)));
+        }
+        metrics::counter!("tta_broker_handoffs_total", "topic" => topic).increment(1);
+        Ok(())
+    }
+
+    fn waiting_endpoint(&self, topic: &str) -> Option<Endpoint> {
+        let endpoints = self.endpoints.lock().ok()?;
+        endpoints
+            .get(topic)?
+            .iter()
+            .find(|endpoint| endpoint.flow.reserve_spare())
+            .cloned()
+    }
+
+    /// The head deadline of a hand-off, for what it hands on in turn.
+    pub fn head_deadline(&self, receipt: &str) -> Option<Instant> {
+        let pending = self.pending.lock().ok()?;
+        pending.get(receipt).map(|entry| entry.head_deadline)
+    }
+
+    /// Its consumer answered the hand-off with another one: what happens to it now depends on
+    /// that one.
+    pub fn answered_by_handoff(&self, receipt: &str) {
+        if let Ok(mut pending) = self.pending.lock()
+            && let Some(entry) = pending.get_mut(receipt)
+        {
+            entry.stream = None;
+        }
+    }
+
+    /// Hand-offs settled for good (acked, or answered by a stored reply): returns the stored
+    /// heads to ack now. Unknown receipts (already stored, or an earlier incarnation's) are
+    /// skipped.
+    pub fn settled<'a>(&self, receipts: impl IntoIterator<Item = &'a str>) -> Heads {
+        let Ok(mut pending) = self.pending.lock() else {
+            return Vec::new();
+        };
+        let mut heads = Vec::new();
+        for receipt in receipts {
+            let mut next = pending.remove(receipt).map(|entry| entry.source);
+            while let Some(source) = next.take() {
+                match source {
+                    Source::Stored(head) => heads.push(head),
+                    Source::Handed(parent) => {
+                        next = pending.remove(&parent).map(|entry| entry.source);
+                    }
+                }
+            }
+        }
+        heads
+    }
+
+    /// Takes a hand-off out to store it: its message and source.
+    fn take(&self, receipt: &str) -> Option<(Outgoing, Source)> {
+        let mut pending = self.pending.lock().ok()?;
+        pending
+            .remove(receipt)
+            .map(|entry| (entry.message, entry.source))
+    }
+
+    /// Forgets the hand-offs above a source whose line could not be stored, leaving the
+    /// stored head to its lease.
+    fn abandon(&self, source: Source) {
+        let Ok(mut pending) = self.pending.lock() else {
+            return;
+        };
+        let mut next = Some(source);
+        while let Some(Source::Handed(parent)) = next.take() {
+            next = pending.remove(&parent).map(|entry| entry.source);
+        }
+    }
+
+    /// Hand-offs still with a consumer whose deadline passed.
+    fn expired(&self, now: Instant) -> Vec<String> {
+        match self.pending.lock() {
+            Ok(pending) => pending
+                .iter()
+                .filter(|(_, entry)| entry.stream.is_some() && entry.deadline <= now)
+                .map(|(receipt, _)| receipt.clone())
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// A consumer asked for more time: up to its topic's lease again, never past the head's.
+    pub fn extend(&self, receipt: &str, lease: Duration) -> bool {
+        match self.pending.lock() {
+            Ok(mut pending) => match pending.get_mut(receipt) {
+                Some(entry) => {
+                    entry.deadline = (Instant::now() + lease).min(entry.head_deadline);
+                    true
+                }
+                None => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    #[cfg(test)]
+    fn pending_count(&self) -> usize {
+        self.pending
+            .lock()
+            .map(|pending| pending.len())
+            .unwrap_or(0)
+    }
+}
+
+fn unreachable_message(topic: &str) -> Outgoing {
+    // `hand` inserted the entry just before; only a poisoned lock loses it.
+    tracing::error!(topic, "a hand-off vanished before it was sent");
+    Outgoing {
+        topic: topic.to_owned(),
+        priority: tta_types::Priority::Normal,
+        headers: HashMap::new(),
+        payload: Default::default(),
+        idempotency_key: None,
+        delay: Duration::ZERO,
+        content_type: String::new(),
+    }
+}
+
+/// The deadline for a line of hand-offs headed by a stored delivery whose lease ends at
+/// `lease_deadline`: half of what remains, so the line is stored well before the head could be
+/// delivered again.
+pub fn head_deadline_from(lease_deadline: Instant) -> Instant {
+    let now = Instant::now();
+    now + lease_deadline.saturating_duration_since(now) / 2
+}
+
+/// Stores hand-offs on their topics instead (nacked, expired, or their consumer gone), then
+/// acks the stored heads their lines are now safe from. `why` labels the metric.
+pub async fn store(engine: &Engine, handoffs: &Handoffs, receipts: Vec<String>, why: &'static str) {
+    if receipts.is_empty() {
+        return;
+    }
+    let mut messages = Vec::new();
+    let mut sources = Vec::new();
+    for receipt in &receipts {
+        if let Some((message, source)) = handoffs.take(receipt) {
+            metrics::counter!("tta_broker_handoffs_stored_total", "topic" => message.topic.clone(), "reason" => why).increment(1);
+            messages.push(message);
+            sources.push(source);
+        }
+    }
+    let outcomes = engine.publish(messages).await;
+    let mut heads = Vec::new();
+    for (outcome, source) in outcomes.into_iter().zip(sources) {
+        match outcome {
+            Ok(_) => match source {
+                Source::Stored(head) => heads.push(head),
+                Source::Handed(parent) => heads.extend(handoffs.settled([parent.as_str()])),
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot store a hand-off; the delivery it came from will be delivered again");
+                handoffs.abandon(source);
+            }
+        }
+    }
+    ack_heads(engine, heads).await;
+}
+
+/// Acks stored heads whose lines are settled. A failure leaves them to their leases.
+pub async fn ack_heads(engine: &Engine, heads: Heads) {
+    if heads.is_empty() {
+        return;
+    }
+    if let Err(err) = engine.ack_batch(&heads).await {
+        tracing::warn!(error = %err, count = heads.len(), "cannot ack the heads of settled hand-offs; they will be delivered again");
+    }
+}
+
+/// Stores expired hand-offs every [`SWEEP_INTERVAL`] until shutdown.
+pub async fn sweep(
+    engine: Arc<Engine>,
+    handoffs: Arc<Handoffs>,
+    shutdown: tta_runtime::Shutdown,
+) -> Result<(), tta_runtime::BoxError> {
+    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.wait() => break,
+        }
+        let expired = handoffs.expired(Instant::now());
+        store(&engine, &handoffs, expired, "expired").await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str) -> Outgoing {
+        Outgoing {
+            topic: topic.to_owned(),
+            priority: tta_types::Priority::Normal,
+            headers: HashMap::new(),
+            payload: prost::bytes::Bytes::from_static(b"x"),
+            idempotency_key: None,
+            delay: Duration::ZERO,
+            content_type: String::new(),
+        }
+    }
+
+    fn head() -> Receipt {
+        Receipt::parse("receipt", "agent.ipa:n:1-0").unwrap()
+    }
+
+    fn waiting_flow() -> Arc<Flow> {
+        let flow = Arc::new(Flow::new(4, false));
+        flow.park_for_test();
+        flow
+    }
+
+    #[test]
+    fn a_message_goes_only_to_a_consumer_parked_with_spare_credit() {
+        let handoffs = Handoffs::default();
+        let far = Instant::now() + Duration::from_secs(60);
+        assert!(
+            handoffs
+                .hand(message("agent.wba"), Source::Stored(head()), far)
+                .is_err()
+        );
+
+        let (sender, mut receiver) = mpsc::channel(4);
+        let busy = Arc::new(Flow::new(4, false));
+        handoffs.register(
+            "agent.wba",
+            1,
+            busy,
+            sender.clone(),
+            Duration::from_secs(30),
+        );
+        assert!(
+            handoffs
+                .hand(message("agent.wba"), Source::Stored(head()), far)
+                .is_err()
+        );
+
+        handoffs.register(
+            "agent.wba",
+            2,
+            waiting_flow(),
+            sender,
+            Duration::from_secs(30),
+        );
+        assert!(
+            handoffs
+                .hand(message("agent.wba"), Source::Stored(head()), far)
+                .is_ok()
+        );
+        let delivery = receiver.try_recv().unwrap().unwrap();
+        assert!(is_handoff(&delivery.receipt));
+        assert_eq!(delivery.message.unwrap().topic, "agent.wba");
+        // The one spare credit is taken.
+        assert!(
+            handoffs
+                .hand(message("agent.wba"), Source::Stored(head()), far)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn settling_the_last_of_a_line_releases_its_stored_head_once() {
+        let handoffs = Handoffs::default();
+        let far = Instant::now() + Duration::from_secs(60);
+        let (sender, mut receiver) = mpsc::channel(4);
+        handoffs.register(
+            "agent.wba",
+            1,
+            waiting_flow(),
+            sender.clone(),
+            Duration::from_secs(30),
+        );
+        handoffs.register(
+            "agent.nga",
+            2,
+            waiting_flow(),
+            sender,
+            Duration::from_secs(30),
+        );
+
+        handoffs
+            .hand(message("agent.wba"), Source::Stored(head()), far)
+            .unwrap();
+        let first = receiver.try_recv().unwrap().unwrap().receipt;
+        handoffs.answered_by_handoff(&first);
+        handoffs
+            .hand(message("agent.nga"), Source::Handed(first.clone()), far)
+            .unwrap();
+        let second = receiver.try_recv().unwrap().unwrap().receipt;
+        assert_eq!(handoffs.pending_count(), 2);
+        // The answered one is with no consumer any more: it never expires by itself.
+        assert_eq!(handoffs.expired(far), vec![second.clone()]);
+
+        let heads = handoffs.settled([second.as_str()]);
+        assert_eq!(heads, vec![head()]);
+        assert_eq!(handoffs.pending_count(), 0);
+        assert!(
+            handoffs
+                .settled([second.as_str(), first.as_str()])
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_line_never_outlives_half_of_its_heads_lease() {
+        let handoffs = Handoffs::default();
+        let (sender, _receiver) = mpsc::channel(4);
+        handoffs.register(
+            "agent.wba",
+            1,
+            waiting_flow(),
+            sender,
+            Duration::from_secs(30),
+        );
+        let head_deadline = head_deadline_from(Instant::now() + Duration::from_secs(2));
+        handoffs
+            .hand(message("agent.wba"), Source::Stored(head()), head_deadline)
+            .unwrap();
+        let soon = Instant::now() + Duration::from_millis(1100);
+        assert_eq!(handoffs.expired(soon).len(), 1);
+        let receipt = handoffs.expired(soon).remove(0);
+        // Extending never moves it past the head's deadline.
+        assert!(handoffs.extend(&receipt, Duration::from_secs(30)));
+        assert_eq!(handoffs.expired(soon).len(), 1);
+        assert!(!handoffs.extend("~0-0", Duration::from_secs(30)));
+    }
+}
