@@ -54,10 +54,12 @@ pub struct Flow {
     window: bool,
     wake: Notify,
     in_flight: Mutex<ReceiptMap<InFlight>>,
-    /// The reader is parked on a blocking read: nothing is waiting for this consumer.
-    parked: AtomicBool,
-    /// One credit the parked reader left for a hand-off (1 or 0).
-    spare: AtomicU64,
+    /// The reader handed over everything its last read found, and that read drained every
+    /// stream: nothing stored waits for this consumer, so a hand-off overtakes nothing.
+    caught_up: AtomicBool,
+    /// Credits the reader holds while it waits on Redis, which hand-offs may borrow: what they
+    /// borrow, the read may not hand over.
+    lendable: AtomicU64,
 }
 
 impl Flow {
@@ -67,41 +69,53 @@ impl Flow {
             window: !manual_credit,
             wake: Notify::new(),
             in_flight: Mutex::new(ReceiptMap::default()),
-            parked: AtomicBool::new(false),
-            spare: AtomicU64::new(0),
+            caught_up: AtomicBool::new(false),
+            lendable: AtomicU64::new(0),
         }
     }
 
-    /// Takes the spare credit for a hand-off, if the reader is parked and left one.
-    pub(crate) fn reserve_spare(&self) -> bool {
-        self.parked.load(Ordering::SeqCst)
-            && self
-                .spare
-                .compare_exchange(1, 0, Ordering::SeqCst, Ordering::SeqCst)
+    /// Takes one credit for a hand-off, if the consumer has one free and nothing stored waits
+    /// for it. Credit comes back with each settled delivery while the reader waits on Redis
+    /// with what it took before, so a busy consumer has some free most of the time.
+    pub(crate) fn reserve_for_handoff(&self) -> bool {
+        if !self.caught_up.load(Ordering::SeqCst) {
+            return false;
+        }
+        self.take(1) == 1
+            || self
+                .lendable
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
                 .is_ok()
     }
 
-    /// Parks the reader with `wanted` credits: one of them stays spare for a hand-off.
-    /// Returns how many the read may use.
-    fn park(&self, wanted: u64) -> u64 {
-        if wanted > 1 {
-            self.spare.store(1, Ordering::SeqCst);
-            self.parked.store(true, Ordering::SeqCst);
-            wanted - 1
+    /// How many hand-offs this consumer could take now.
+    pub(crate) fn room_for_handoffs(&self) -> u64 {
+        if self.caught_up.load(Ordering::SeqCst) {
+            self.credit.load(Ordering::SeqCst) + self.lendable.load(Ordering::SeqCst)
         } else {
-            wanted
+            0
         }
     }
 
-    /// The read returned: the spare credit, unless a hand-off took it, is the reader's again.
-    fn unpark(&self) -> u64 {
-        self.parked.store(false, Ordering::SeqCst);
-        self.spare.swap(0, Ordering::SeqCst)
+    /// The reader waits on Redis holding `credits`; hand-offs may borrow them meanwhile.
+    fn lend(&self, credits: u64) {
+        self.lendable.store(credits, Ordering::SeqCst);
+    }
+
+    /// The read returned: how many of the `credits` lent hand-offs borrowed.
+    fn end_lending(&self, credits: u64) -> u64 {
+        credits.saturating_sub(self.lendable.swap(0, Ordering::SeqCst))
+    }
+
+    fn set_caught_up(&self, caught_up: bool) {
+        self.caught_up.store(caught_up, Ordering::SeqCst);
     }
 
     #[cfg(test)]
-    pub(crate) fn park_for_test(&self) {
-        self.park(2);
+    pub(crate) fn catch_up_for_test(&self) {
+        self.set_caught_up(true);
     }
 
     /// A delivery in flight that did not come from the reader (a hand-off).
@@ -406,12 +420,12 @@ async fn settle(
                     && let Some(message) = valid.pop()
                 {
                     match sessions.handoffs.hand(message, source, deadline) {
-                        Ok(()) => {
+                        None => {
                             flow.settle([receipt.as_str()]);
                             sessions.handoffs.answered_by_handoff(&receipt);
                             continue;
                         }
-                        Err(message) => valid.push(message),
+                        Some(message) => valid.push(message),
                     }
                 }
                 owners.push((receipt, valid.len()));
@@ -425,9 +439,11 @@ async fn settle(
                     settings,
                     flow,
                     &receipt,
-                    true,
-                    &violation.to_string(),
-                    None,
+                    Rejection {
+                        permanent: true,
+                        reason: &violation.to_string(),
+                        retry_after: None,
+                    },
                 )
                 .await;
             }
@@ -460,9 +476,11 @@ async fn settle(
                         settings,
                         flow,
                         &receipt,
-                        false,
-                        &reason,
-                        err.retry_after(),
+                        Rejection {
+                            permanent: false,
+                            reason: &reason,
+                            retry_after: err.retry_after(),
+                        },
                     )
                     .await;
                 }
@@ -500,6 +518,13 @@ fn check_reply(
     .collect()
 }
 
+/// Why a delivery is nacked, and what becomes of it.
+struct Rejection<'a> {
+    permanent: bool,
+    reason: &'a str,
+    retry_after: Option<Duration>,
+}
+
 /// Nacks one delivery of this stream and gives its credit back. A nacked hand-off is stored
 /// on its topic, where the usual retries and dead-lettering apply to it.
 async fn nack_delivery(
@@ -508,10 +533,13 @@ async fn nack_delivery(
     settings: &Settings,
     flow: &Flow,
     receipt: &str,
-    permanent: bool,
-    reason: &str,
-    retry_after: Option<Duration>,
+    rejection: Rejection<'_>,
 ) {
+    let Rejection {
+        permanent,
+        reason,
+        retry_after,
+    } = rejection;
     if handoff::is_handoff(receipt) {
         flow.settle([receipt]);
         handoff::store(
@@ -626,9 +654,11 @@ async fn handle_other(
                 settings,
                 flow,
                 &nack.receipt,
-                permanent,
-                &nack.reason,
-                retry_after,
+                Rejection {
+                    permanent,
+                    reason: &nack.reason,
+                    retry_after,
+                },
             )
             .await;
             Ok(())
@@ -692,6 +722,7 @@ async fn read_loop(
     let mut connection = None;
     let mut fetcher = Fetcher::new();
     let mut last_lease_scan: Option<Instant> = None;
+    let mut first_read = true;
 
     while !stop.is_triggered() && !outgoing.is_closed() {
         // The scan walks every delivery in flight: once in a while is enough for leases that
@@ -727,21 +758,35 @@ async fn read_loop(
             continue;
         };
 
-        // A consumer that keeps up waits on a blocking read, and hand-offs may use one credit
-        // meanwhile: there is no backlog for them to overtake.
-        let readable = if fetcher.keeps_up() {
-            flow.park(wanted)
+        // The first read only looks: whether anything stored waits decides whether hand-offs
+        // may come before it.
+        let block = if first_read {
+            Duration::from_millis(1)
+        } else {
+            BLOCK
+        };
+        // A reader with nothing stored to catch up on lends its credit to hand-offs while it
+        // waits; it hands over only what they left.
+        let lending = fetcher.keeps_up() && !first_read;
+        if lending {
+            flow.lend(wanted);
+        }
+        let read = tokio::select! {
+            read = fetcher.next(&engine, &subscription, blocking, wanted as usize, block) => read,
+            () = stop.wait() => { flow.grant(wanted - flow.end_lending(wanted)); break }
+        };
+        let wanted = if lending {
+            wanted - flow.end_lending(wanted)
         } else {
             wanted
         };
-        let read = tokio::select! {
-            read = fetcher.next(&engine, &subscription, blocking, readable as usize, BLOCK) => read,
-            () = stop.wait() => { flow.grant(readable + flow.unpark()); break }
-        };
-        let wanted = readable + flow.unpark();
         let batch = match read {
-            Ok(batch) => {
+            Ok(mut batch) => {
                 failures = 0;
+                if batch.len() > wanted as usize {
+                    let over = batch.split_off(wanted as usize);
+                    fetcher.hold_back(over, Instant::now());
+                }
                 batch
             }
             Err(err) => {
@@ -760,7 +805,13 @@ async fn read_loop(
                 continue;
             }
         };
+        first_read = false;
         flow.grant(wanted.saturating_sub(batch.len() as u64));
+        let caught_up = fetcher.keeps_up();
+        if !batch.is_empty() {
+            // Until this batch is handed over, a hand-off would overtake it.
+            flow.set_caught_up(false);
+        }
 
         let lease_deadline = Instant::now() + subscription.visibility_timeout;
         let lease_expires_at = timestamp_from_millis(
@@ -811,6 +862,7 @@ async fn read_loop(
                 return;
             }
         }
+        flow.set_caught_up(caught_up);
     }
 }
 
@@ -844,6 +896,22 @@ mod tests {
         }
         assert_eq!(flow.settle(["a", "unknown"]), vec![7]);
         assert_eq!(flow.take(5), 1);
+    }
+
+    #[test]
+    fn hand_offs_take_free_credit_first_then_borrow_what_a_waiting_reader_lent() {
+        let flow = Flow::new(3, false);
+        assert!(!flow.reserve_for_handoff(), "not caught up yet");
+        flow.set_caught_up(true);
+        assert!(flow.reserve_for_handoff());
+        // The reader takes the rest and lends it while it waits.
+        assert_eq!(flow.take(u64::MAX), 2);
+        flow.lend(2);
+        assert!(flow.reserve_for_handoff());
+        assert!(flow.reserve_for_handoff());
+        assert!(!flow.reserve_for_handoff());
+        assert_eq!(flow.end_lending(2), 2, "the read may hand over nothing");
+        assert!(!flow.reserve_for_handoff(), "lending ended");
     }
 
     #[test]

@@ -75,6 +75,18 @@ impl Fetcher {
         Ok(self.split_read(read, wanted, Instant::now()))
     }
 
+    /// Keeps entries read in delivery order, that the consumer has no credit for after all
+    /// (hand-offs used it while the read waited), to hand them over first next time.
+    pub fn hold_back(&mut self, entries: Vec<Delivered>, now: Instant) {
+        for delivered in entries.into_iter().rev() {
+            let queue = &mut self.held[priority_index(delivered.receipt.priority)];
+            queue.push_front(Held {
+                delivered,
+                read_at: now,
+            });
+        }
+    }
+
     /// Every stream was drained by the last read: the next one blocks until something arrives.
     pub fn keeps_up(&self) -> bool {
         !self.backlog && !self.holds_any()
@@ -206,6 +218,33 @@ mod tests {
         assert!(fetcher.backlog);
         assert_eq!(fetcher.held[1].len(), 1, "n2 is the head of NORMAL now");
         assert_eq!(fetcher.held[2].len(), 1, "l1 waits behind NORMAL");
+    }
+
+    #[test]
+    fn entries_held_back_go_first_in_their_order_before_older_holds() {
+        let mut fetcher = Fetcher::new();
+        let read = vec![entry(Priority::Normal, "n3"), entry(Priority::Low, "l1")];
+        fetcher.split_read(read, 1, Instant::now());
+        fetcher.hold_back(
+            vec![
+                entry(Priority::High, "h1"),
+                entry(Priority::Normal, "n1"),
+                entry(Priority::Normal, "n2"),
+            ],
+            Instant::now(),
+        );
+        assert!(!fetcher.keeps_up());
+        let order: Vec<Vec<&str>> = fetcher
+            .held
+            .iter()
+            .map(|queue| {
+                queue
+                    .iter()
+                    .map(|held| held.delivered.receipt.entry_id.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(order, [vec!["h1"], vec!["n1", "n2"], vec!["l1"]]);
     }
 
     #[test]

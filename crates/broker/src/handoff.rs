@@ -12,9 +12,9 @@
 //! the head is left alone: its lease runs out and it is delivered again. A broker that dies
 //! loses only hand-offs, whose heads are pending in Redis and are delivered again.
 //!
-//! Hand-offs go only to a consumer whose reader is parked on a blocking read, so there is no
-//! backlog they could overtake (a message published by another replica while the read waits
-//! can be overtaken by one hand-off).
+//! Hand-offs go only to a consumer with free credit whose reader has handed over everything
+//! its last read found, and that read drained every stream: there is no backlog for them to
+//! overtake (a message stored while the reader waits on Redis can be overtaken by hand-offs).
 
 use std::{
     collections::HashMap,
@@ -146,19 +146,20 @@ impl Handoffs {
         }
     }
 
-    /// Hands `message` to a consumer of its topic waiting with free credit. Gives the message
-    /// back when there is none, for an ordinary publish.
+    /// Hands `message` to a consumer of its topic with credit and nothing stored waiting for
+    /// it. Returns the message when there is none, for an ordinary publish.
+    #[must_use = "a message handed back must be published"]
     pub fn hand(
         &self,
         message: Outgoing,
         source: Source,
         head_deadline: Instant,
-    ) -> Result<(), Outgoing> {
+    ) -> Option<Outgoing> {
         if !message.delay.is_zero() {
-            return Err(message);
+            return Some(message);
         }
         let Some(endpoint) = self.waiting_endpoint(&message.topic) else {
-            return Err(message);
+            return Some(message);
         };
         let receipt = format!(
             "{MARK}{:x}-{}",
@@ -205,19 +206,29 @@ impl Handoffs {
         if endpoint.outgoing.try_send(Ok(delivery)).is_err() {
             endpoint.flow.untrack(&receipt);
             let message = self.take(&receipt).map(|(message, _)| message);
-            return Err(message.unwrap_or_else(|| unreachable_message(&topic)));
+            return Some(message.unwrap_or_else(|| unreachable_message(&topic)));
         }
         metrics::counter!("tta_broker_handoffs_total", "topic" => topic).increment(1);
-        Ok(())
+        None
     }
 
+    /// The consumer with the most room, so hand-offs spread over a topic's consumers like
+    /// reads from Redis do and favour the ones that keep up; ties go round in turn.
     fn waiting_endpoint(&self, topic: &str) -> Option<Endpoint> {
         let endpoints = self.endpoints.lock().ok()?;
-        endpoints
-            .get(topic)?
-            .iter()
-            .find(|endpoint| endpoint.flow.reserve_spare())
-            .cloned()
+        let list = endpoints.get(topic)?;
+        let start = self.next.load(Ordering::Relaxed) as usize;
+        let mut candidates: Vec<(u64, &Endpoint)> = (0..list.len())
+            .filter_map(|offset| list.get((start + offset) % list.len()))
+            .map(|endpoint| (endpoint.flow.room_for_handoffs(), endpoint))
+            .filter(|(room, _)| *room > 0)
+            .collect();
+        // Stable: among equals the rotation order stands.
+        candidates.sort_by_key(|(room, _)| std::cmp::Reverse(*room));
+        candidates
+            .into_iter()
+            .find(|(_, endpoint)| endpoint.flow.reserve_for_handoff())
+            .map(|(_, endpoint)| endpoint.clone())
     }
 
     /// The head deadline of a hand-off, for what it hands on in turn.
@@ -416,20 +427,21 @@ mod tests {
         Receipt::parse("receipt", "agent.ipa:n:1-0").unwrap()
     }
 
+    /// A consumer with one free credit and nothing stored waiting for it.
     fn waiting_flow() -> Arc<Flow> {
-        let flow = Arc::new(Flow::new(4, false));
-        flow.park_for_test();
+        let flow = Arc::new(Flow::new(1, false));
+        flow.catch_up_for_test();
         flow
     }
 
     #[test]
-    fn a_message_goes_only_to_a_consumer_parked_with_spare_credit() {
+    fn a_message_goes_only_to_a_caught_up_consumer_with_free_credit() {
         let handoffs = Handoffs::default();
         let far = Instant::now() + Duration::from_secs(60);
         assert!(
             handoffs
                 .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_err()
+                .is_some()
         );
 
         let (sender, mut receiver) = mpsc::channel(4);
@@ -444,7 +456,7 @@ mod tests {
         assert!(
             handoffs
                 .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_err()
+                .is_some()
         );
 
         handoffs.register(
@@ -457,16 +469,16 @@ mod tests {
         assert!(
             handoffs
                 .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_ok()
+                .is_none()
         );
         let delivery = receiver.try_recv().unwrap().unwrap();
         assert!(is_handoff(&delivery.receipt));
         assert_eq!(delivery.message.unwrap().topic, "agent.wba");
-        // The one spare credit is taken.
+        // Its one credit is taken.
         assert!(
             handoffs
                 .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_err()
+                .is_some()
         );
     }
 
@@ -490,14 +502,18 @@ mod tests {
             Duration::from_secs(30),
         );
 
-        handoffs
-            .hand(message("agent.wba"), Source::Stored(head()), far)
-            .unwrap();
+        assert!(
+            handoffs
+                .hand(message("agent.wba"), Source::Stored(head()), far)
+                .is_none()
+        );
         let first = receiver.try_recv().unwrap().unwrap().receipt;
         handoffs.answered_by_handoff(&first);
-        handoffs
-            .hand(message("agent.nga"), Source::Handed(first.clone()), far)
-            .unwrap();
+        assert!(
+            handoffs
+                .hand(message("agent.nga"), Source::Handed(first.clone()), far)
+                .is_none()
+        );
         let second = receiver.try_recv().unwrap().unwrap().receipt;
         assert_eq!(handoffs.pending_count(), 2);
         // The answered one is with no consumer any more: it never expires by itself.
@@ -525,9 +541,11 @@ mod tests {
             Duration::from_secs(30),
         );
         let head_deadline = head_deadline_from(Instant::now() + Duration::from_secs(2));
-        handoffs
-            .hand(message("agent.wba"), Source::Stored(head()), head_deadline)
-            .unwrap();
+        assert!(
+            handoffs
+                .hand(message("agent.wba"), Source::Stored(head()), head_deadline)
+                .is_none()
+        );
         let soon = Instant::now() + Duration::from_millis(1100);
         assert_eq!(handoffs.expired(soon).len(), 1);
         let receipt = handoffs.expired(soon).remove(0);

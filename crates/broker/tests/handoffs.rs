@@ -44,8 +44,7 @@ async fn answer_a_task(
     asker: &mut Consumer,
     lease: Duration,
 ) -> anyhow::Result<(Consumer, pb::Delivery)> {
-    let mut worker =
-        Consumer::subscribe_with_lease(client, "tasks", "worker", 4, lease).await?;
+    let mut worker = Consumer::subscribe_with_lease(client, "tasks", "worker", 4, lease).await?;
     publish(client, message("tasks", pb::Priority::Normal, "question")).await?;
     let task = worker.next(WAIT).await?;
     let_readers_park().await;
@@ -73,7 +72,10 @@ async fn a_reply_to_a_waiting_consumer_skips_redis_and_its_task_waits_for_the_ac
     let delivered = answer.message.as_ref().map(|message| message.attempts);
     assert_eq!(delivered, Some(1));
     assert_eq!(stored(&mut client, "answers").await?, 0, "never stored");
-    assert!(task_pending(&mut client).await?, "the task waits for the answer's ack");
+    assert!(
+        task_pending(&mut client).await?,
+        "the task waits for the answer's ack"
+    );
 
     asker.ack(&answer.receipt).await?;
     common::wait_until_drained(&client, "tasks").await?;
@@ -85,8 +87,7 @@ async fn a_reply_to_a_waiting_consumer_skips_redis_and_its_task_waits_for_the_ac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_line_of_hand_offs_acks_its_stored_head_once_the_last_is_acked() -> anyhow::Result<()>
-{
+async fn a_line_of_hand_offs_acks_its_stored_head_once_the_last_is_acked() -> anyhow::Result<()> {
     let mut harness = Harness::start("handoff-line").await?;
     let mut client = harness.client().await?;
     let mut asker =
@@ -95,7 +96,11 @@ async fn a_line_of_hand_offs_acks_its_stored_head_once_the_last_is_acked() -> an
         Consumer::subscribe_with_lease(&mut client, "middle", "middle", 4, WAIT).await?;
     let mut worker =
         Consumer::subscribe_with_lease(&mut client, "tasks", "worker", 4, WAIT).await?;
-    publish(&mut client, message("tasks", pb::Priority::Normal, "question")).await?;
+    publish(
+        &mut client,
+        message("tasks", pb::Priority::Normal, "question"),
+    )
+    .await?;
     let task = worker.next(WAIT).await?;
     let_readers_park().await;
     worker
@@ -143,8 +148,7 @@ async fn a_hand_off_whose_consumer_leaves_is_stored_for_the_next_one() -> anyhow
 
     // The answer is stored, and only then is the task acked.
     common::wait_until_drained(&client, "tasks").await?;
-    let mut next =
-        Consumer::subscribe_with_lease(&mut client, "answers", "next", 4, lease).await?;
+    let mut next = Consumer::subscribe_with_lease(&mut client, "answers", "next", 4, lease).await?;
     let again = next.next(WAIT).await?;
     assert!(!handed(&again), "{again:?}");
     assert_eq!(payload_text(&again), "answer");

@@ -319,9 +319,11 @@ async fn a_worker_killed_while_holding_tasks_does_not_lose_the_turns() -> anyhow
         );
         slowest = slowest.max(took);
     }
-    // At least one turn waited for its lease to expire: the redelivery path really ran.
+    // At least one turn was held by the frozen worker until it died, so the path that gives
+    // its work to the other instance really ran: what was handed to it is stored when its
+    // stream closes, what it read from Redis comes back when the lease ends.
     ensure!(
-        slowest >= std::time::Duration::from_millis(1500),
+        slowest >= std::time::Duration::from_millis(450),
         "no turn was held by the frozen worker (slowest {slowest:?})"
     );
     Ok(())
