@@ -54,8 +54,8 @@ pub struct Flow {
     window: bool,
     wake: Notify,
     in_flight: Mutex<ReceiptMap<InFlight>>,
-    /// The reader handed over everything its last read found, and that read drained every
-    /// stream: nothing stored waits for this consumer, so a hand-off overtakes nothing.
+    /// The reader waits on a blocking read over streams its last read drained, with nothing
+    /// held back: nothing stored waits for this consumer, so a hand-off overtakes nothing.
     caught_up: AtomicBool,
     /// Credits the reader holds while it waits on Redis, which hand-offs may borrow: what they
     /// borrow, the read may not hand over.
@@ -74,9 +74,9 @@ impl Flow {
         }
     }
 
-    /// Takes one credit for a hand-off, if the consumer has one free and nothing stored waits
-    /// for it. Credit comes back with each settled delivery while the reader waits on Redis
-    /// with what it took before, so a busy consumer has some free most of the time.
+    /// Takes one credit for a hand-off, if the reader waits on Redis with nothing stored to
+    /// catch up on: a free one (credit comes back with each settled delivery while the reader
+    /// waits), else one the reader lent.
     pub(crate) fn reserve_for_handoff(&self) -> bool {
         if !self.caught_up.load(Ordering::SeqCst) {
             return false;
@@ -99,13 +99,17 @@ impl Flow {
         }
     }
 
-    /// The reader waits on Redis holding `credits`; hand-offs may borrow them meanwhile.
+    /// The reader waits on Redis over drained streams, holding `credits`: hand-offs may
+    /// come now, and borrow them.
     fn lend(&self, credits: u64) {
         self.lendable.store(credits, Ordering::SeqCst);
+        self.set_caught_up(true);
     }
 
-    /// The read returned: how many of the `credits` lent hand-offs borrowed.
+    /// The read returned: no more hand-offs until the reader waits again. Returns how many of
+    /// the `credits` lent hand-offs borrowed.
     fn end_lending(&self, credits: u64) -> u64 {
+        self.set_caught_up(false);
         credits.saturating_sub(self.lendable.swap(0, Ordering::SeqCst))
     }
 
@@ -411,7 +415,8 @@ async fn settle(
         } else {
             let stored = Receipt::parse("reply.receipt", &receipt)?;
             flow.lease_deadline(&receipt)
-                .map(|lease| (Source::Stored(stored), handoff::head_deadline_from(lease)))
+                .and_then(handoff::head_deadline_from)
+                .map(|deadline| (Source::Stored(stored), deadline))
         };
         match check_reply(engine, publish, &no_trace) {
             Ok(mut valid) => {
@@ -487,6 +492,8 @@ async fn settle(
             }
         }
     }
+    // A second answer to a delivery whose line is in flight must not ack it early.
+    acks.retain(|receipt| !sessions.handoffs.heads_a_line(receipt));
     let (handed, mut acks): (Vec<String>, Vec<String>) = acks
         .into_iter()
         .partition(|receipt| handoff::is_handoff(receipt));
@@ -526,7 +533,7 @@ struct Rejection<'a> {
 }
 
 /// Nacks one delivery of this stream and gives its credit back. A nacked hand-off is stored
-/// on its topic, where the usual retries and dead-lettering apply to it.
+/// on its topic, delayed like a retry, and delivered again from there.
 async fn nack_delivery(
     engine: &Engine,
     sessions: &Sessions,
@@ -542,11 +549,12 @@ async fn nack_delivery(
     } = rejection;
     if handoff::is_handoff(receipt) {
         flow.settle([receipt]);
-        handoff::store(
+        handoff::store_nacked(
             engine,
             &sessions.handoffs,
-            vec![receipt.to_owned()],
-            "nacked",
+            receipt.to_owned(),
+            permanent,
+            retry_after,
         )
         .await;
         return;
@@ -773,7 +781,11 @@ async fn read_loop(
         }
         let read = tokio::select! {
             read = fetcher.next(&engine, &subscription, blocking, wanted as usize, block) => read,
-            () = stop.wait() => { flow.grant(wanted - flow.end_lending(wanted)); break }
+            () = stop.wait() => {
+                let lent = if lending { flow.end_lending(wanted) } else { 0 };
+                flow.grant(wanted - lent);
+                break
+            }
         };
         let wanted = if lending {
             wanted - flow.end_lending(wanted)
@@ -807,11 +819,6 @@ async fn read_loop(
         };
         first_read = false;
         flow.grant(wanted.saturating_sub(batch.len() as u64));
-        let caught_up = fetcher.keeps_up();
-        if !batch.is_empty() {
-            // Until this batch is handed over, a hand-off would overtake it.
-            flow.set_caught_up(false);
-        }
 
         let lease_deadline = Instant::now() + subscription.visibility_timeout;
         let lease_expires_at = timestamp_from_millis(
@@ -862,7 +869,6 @@ async fn read_loop(
                 return;
             }
         }
-        flow.set_caught_up(caught_up);
     }
 }
 

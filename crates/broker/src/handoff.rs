@@ -39,6 +39,9 @@ use crate::{
 /// receipt) can contain.
 const MARK: char = '~';
 
+/// The reason label of hand-offs stored because their deadline passed.
+const EXPIRED: &str = "expired";
+
 /// How often expired hand-offs are looked for.
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -85,6 +88,8 @@ struct Pending {
 pub struct Handoffs {
     endpoints: Mutex<HashMap<String, Vec<Endpoint>>>,
     pending: Mutex<HashMap<String, Pending>>,
+    /// The stored heads of the lines in flight.
+    heads: Mutex<std::collections::HashSet<String>>,
     /// Tells this process's receipts from an earlier incarnation's.
     incarnation: u64,
     next: AtomicU64,
@@ -95,6 +100,7 @@ impl Default for Handoffs {
         Self {
             endpoints: Mutex::default(),
             pending: Mutex::default(),
+            heads: Mutex::default(),
             incarnation: uuid::Uuid::now_v7().as_u64_pair().1 >> 16,
             next: AtomicU64::new(1),
         }
@@ -168,6 +174,8 @@ impl Handoffs {
         );
         let now = Instant::now();
         let published_at_ms = now_millis();
+        let deadline = (now + endpoint.lease).min(head_deadline);
+        let lease_ms = deadline.saturating_duration_since(now).as_millis() as i64;
         let delivery = pb::Delivery {
             message: Some(pb::BrokerMessage {
                 id: uuid::Uuid::now_v7().to_string(),
@@ -183,14 +191,16 @@ impl Handoffs {
                 history: Vec::new(),
             }),
             receipt: receipt.clone(),
-            lease_expires_at: Some(timestamp_from_millis(
-                published_at_ms + endpoint.lease.as_millis() as i64,
-            )),
+            lease_expires_at: Some(timestamp_from_millis(published_at_ms + lease_ms)),
         };
         let topic = message.topic.clone();
+        let head = match &source {
+            Source::Stored(head) => Some(head.to_string()),
+            Source::Handed(_) => None,
+        };
         endpoint
             .flow
-            .track(receipt.clone(), now + endpoint.lease, published_at_ms);
+            .track(receipt.clone(), deadline, published_at_ms);
         if let Ok(mut pending) = self.pending.lock() {
             pending.insert(
                 receipt.clone(),
@@ -198,18 +208,41 @@ impl Handoffs {
                     message,
                     source,
                     stream: Some(endpoint.stream),
-                    deadline: (now + endpoint.lease).min(head_deadline),
+                    deadline,
                     head_deadline,
                 },
             );
+            if let Some(head) = head {
+                self.heads.lock().map(|mut heads| heads.insert(head)).ok();
+            }
         }
         if endpoint.outgoing.try_send(Ok(delivery)).is_err() {
             endpoint.flow.untrack(&receipt);
-            let message = self.take(&receipt).map(|(message, _)| message);
-            return Some(message.unwrap_or_else(|| unreachable_message(&topic)));
+            // Its consumer is gone. Unless the store of that consumer's orphans took it first
+            // (and settles its line), it goes back to be published.
+            let (message, source) = self.take(&receipt)?;
+            self.release_head(&source);
+            return Some(message);
         }
         metrics::counter!("tta_broker_handoffs_total", "topic" => topic).increment(1);
         None
+    }
+
+    /// Whether `receipt` is the stored head of a line still in flight: its delivery was
+    /// answered by a hand-off, and a second answer or ack must not settle it early.
+    pub fn heads_a_line(&self, receipt: &str) -> bool {
+        self.heads
+            .lock()
+            .map(|heads| heads.contains(receipt))
+            .unwrap_or(false)
+    }
+
+    fn release_head(&self, source: &Source) {
+        if let Source::Stored(head) = source
+            && let Ok(mut heads) = self.heads.lock()
+        {
+            heads.remove(&head.to_string());
+        }
     }
 
     /// The consumer with the most room, so hand-offs spread over a topic's consumers like
@@ -247,31 +280,74 @@ impl Handoffs {
         }
     }
 
-    /// Hand-offs settled for good (acked, or answered by a stored reply): returns the stored
-    /// heads to ack now. Unknown receipts (already stored, or an earlier incarnation's) are
-    /// skipped.
+    /// Hand-offs their consumers settled for good (acked, or answered by a stored reply):
+    /// returns the stored heads to ack now. Unknown receipts (already stored, or an earlier
+    /// incarnation's) and hand-offs already answered by another hand-off (whose line is still
+    /// in flight) are skipped.
     pub fn settled<'a>(&self, receipts: impl IntoIterator<Item = &'a str>) -> Heads {
         let Ok(mut pending) = self.pending.lock() else {
             return Vec::new();
         };
         let mut heads = Vec::new();
         for receipt in receipts {
-            let mut next = pending.remove(receipt).map(|entry| entry.source);
-            while let Some(source) = next.take() {
-                match source {
-                    Source::Stored(head) => heads.push(head),
-                    Source::Handed(parent) => {
-                        next = pending.remove(&parent).map(|entry| entry.source);
+            if pending
+                .get(receipt)
+                .is_some_and(|entry| entry.stream.is_some())
+            {
+                let source = pending.remove(receipt).map(|entry| entry.source);
+                self.release_line(&mut pending, source, &mut heads);
+            }
+        }
+        heads
+    }
+
+    /// Removes a settled hand-off's ancestors, which its settlement settles too, collecting
+    /// the stored head at the top.
+    fn release_line(
+        &self,
+        pending: &mut HashMap<String, Pending>,
+        mut next: Option<Source>,
+        heads: &mut Heads,
+    ) {
+        while let Some(source) = next.take() {
+            match source {
+                Source::Stored(head) => {
+                    if let Ok(mut live) = self.heads.lock() {
+                        live.remove(&head.to_string());
                     }
+                    heads.push(head);
+                }
+                Source::Handed(parent) => {
+                    next = pending.remove(&parent).map(|entry| entry.source);
                 }
             }
+        }
+    }
+
+    /// The line above a hand-off that was stored is safe: returns its stored head to ack.
+    fn stored(&self, source: Source) -> Heads {
+        let mut heads = Vec::new();
+        if let Ok(mut pending) = self.pending.lock() {
+            self.release_line(&mut pending, Some(source), &mut heads);
         }
         heads
     }
 
     /// Takes a hand-off out to store it: its message and source.
     fn take(&self, receipt: &str) -> Option<(Outgoing, Source)> {
+        self.take_if(receipt, |_| true)
+    }
+
+    /// Takes a hand-off out if `still` holds for it under the lock.
+    fn take_if(
+        &self,
+        receipt: &str,
+        still: impl Fn(&Pending) -> bool,
+    ) -> Option<(Outgoing, Source)> {
         let mut pending = self.pending.lock().ok()?;
+        if !pending.get(receipt).is_some_and(still) {
+            return None;
+        }
         pending
             .remove(receipt)
             .map(|entry| (entry.message, entry.source))
@@ -284,8 +360,13 @@ impl Handoffs {
             return;
         };
         let mut next = Some(source);
-        while let Some(Source::Handed(parent)) = next.take() {
-            next = pending.remove(&parent).map(|entry| entry.source);
+        while let Some(source) = next.take() {
+            match source {
+                Source::Handed(parent) => {
+                    next = pending.remove(&parent).map(|entry| entry.source);
+                }
+                Source::Stored(head) => self.release_head(&Source::Stored(head)),
+            }
         }
     }
 
@@ -324,38 +405,68 @@ impl Handoffs {
     }
 }
 
-fn unreachable_message(topic: &str) -> Outgoing {
-    // `hand` inserted the entry just before; only a poisoned lock loses it.
-    tracing::error!(topic, "a hand-off vanished before it was sent");
-    Outgoing {
-        topic: topic.to_owned(),
-        priority: tta_types::Priority::Normal,
-        headers: HashMap::new(),
-        payload: Default::default(),
-        idempotency_key: None,
-        delay: Duration::ZERO,
-        content_type: String::new(),
-    }
-}
+/// The least time a line of hand-offs gets; with less, the reply is stored as usual.
+const MIN_LINE_TIME: Duration = Duration::from_millis(100);
 
-/// The deadline for a line of hand-offs headed by a stored delivery whose lease ends at
-/// `lease_deadline`: half of what remains, so the line is stored well before the head could be
-/// delivered again.
-pub fn head_deadline_from(lease_deadline: Instant) -> Instant {
+/// The deadline for a line of hand-offs headed by a stored delivery whose lease, as this
+/// broker counts it, ends at `lease_deadline`: a third of what remains, so the line is stored
+/// well before the head could be delivered again even though Redis counts the lease from the
+/// read (an entry may wait up to half a lease in the fetcher before it is handed over). None
+/// when that leaves too little time.
+pub fn head_deadline_from(lease_deadline: Instant) -> Option<Instant> {
     let now = Instant::now();
-    now + lease_deadline.saturating_duration_since(now) / 2
+    let budget = lease_deadline.saturating_duration_since(now) / 3;
+    (budget >= MIN_LINE_TIME).then(|| now + budget)
 }
 
 /// Stores hand-offs on their topics instead (nacked, expired, or their consumer gone), then
 /// acks the stored heads their lines are now safe from. `why` labels the metric.
 pub async fn store(engine: &Engine, handoffs: &Handoffs, receipts: Vec<String>, why: &'static str) {
+    store_later(engine, handoffs, receipts, why, Duration::ZERO).await;
+}
+
+/// A nacked hand-off is stored like a retry: after the consumer's `retry_after`, or the
+/// topic's first backoff, so a transient failure is not delivered again at once. (Its attempt
+/// is not counted: the stored copy starts at its first.)
+pub async fn store_nacked(
+    engine: &Engine,
+    handoffs: &Handoffs,
+    receipt: String,
+    permanent: bool,
+    retry_after: Option<Duration>,
+) {
+    let delay = if permanent {
+        Duration::ZERO
+    } else {
+        retry_after.unwrap_or(engine.config().retry.base_delay)
+    };
+    store_later(engine, handoffs, vec![receipt], "nacked", delay).await;
+}
+
+async fn store_later(
+    engine: &Engine,
+    handoffs: &Handoffs,
+    receipts: Vec<String>,
+    why: &'static str,
+    delay: Duration,
+) {
     if receipts.is_empty() {
         return;
     }
+    let now = Instant::now();
     let mut messages = Vec::new();
     let mut sources = Vec::new();
     for receipt in &receipts {
-        if let Some((message, source)) = handoffs.take(receipt) {
+        // An expired one may have been answered or settled since it was found.
+        let taken = if why == EXPIRED {
+            handoffs.take_if(receipt, |entry| {
+                entry.stream.is_some() && entry.deadline <= now
+            })
+        } else {
+            handoffs.take(receipt)
+        };
+        if let Some((mut message, source)) = taken {
+            message.delay = delay;
             metrics::counter!("tta_broker_handoffs_stored_total", "topic" => message.topic.clone(), "reason" => why).increment(1);
             messages.push(message);
             sources.push(source);
@@ -365,10 +476,7 @@ pub async fn store(engine: &Engine, handoffs: &Handoffs, receipts: Vec<String>, 
     let mut heads = Vec::new();
     for (outcome, source) in outcomes.into_iter().zip(sources) {
         match outcome {
-            Ok(_) => match source {
-                Source::Stored(head) => heads.push(head),
-                Source::Handed(parent) => heads.extend(handoffs.settled([parent.as_str()])),
-            },
+            Ok(_) => heads.extend(handoffs.stored(source)),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot store a hand-off; the delivery it came from will be delivered again");
                 handoffs.abandon(source);
@@ -402,7 +510,7 @@ pub async fn sweep(
             () = shutdown.wait() => break,
         }
         let expired = handoffs.expired(Instant::now());
-        store(&engine, &handoffs, expired, "expired").await;
+        store(&engine, &handoffs, expired, EXPIRED).await;
     }
     Ok(())
 }
@@ -519,8 +627,12 @@ mod tests {
         // The answered one is with no consumer any more: it never expires by itself.
         assert_eq!(handoffs.expired(far), vec![second.clone()]);
 
+        // An ack of the answered one (a client that settles twice) releases nothing.
+        assert!(handoffs.settled([first.as_str()]).is_empty());
+        assert!(handoffs.heads_a_line(&head().to_string()));
         let heads = handoffs.settled([second.as_str()]);
         assert_eq!(heads, vec![head()]);
+        assert!(!handoffs.heads_a_line(&head().to_string()));
         assert_eq!(handoffs.pending_count(), 0);
         assert!(
             handoffs
@@ -530,7 +642,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_never_outlives_half_of_its_heads_lease() {
+    fn a_line_never_outlives_a_third_of_its_heads_remaining_lease() {
         let handoffs = Handoffs::default();
         let (sender, _receiver) = mpsc::channel(4);
         handoffs.register(
@@ -540,13 +652,18 @@ mod tests {
             sender,
             Duration::from_secs(30),
         );
-        let head_deadline = head_deadline_from(Instant::now() + Duration::from_secs(2));
+        let head_deadline = head_deadline_from(Instant::now() + Duration::from_secs(3)).unwrap();
+        assert!(
+            head_deadline_from(Instant::now() + Duration::from_millis(200)).is_none(),
+            "too little time left for a line"
+        );
         assert!(
             handoffs
                 .hand(message("agent.wba"), Source::Stored(head()), head_deadline)
                 .is_none()
         );
         let soon = Instant::now() + Duration::from_millis(1100);
+        assert!(handoffs.expired(Instant::now()).is_empty());
         assert_eq!(handoffs.expired(soon).len(), 1);
         let receipt = handoffs.expired(soon).remove(0);
         // Extending never moves it past the head's deadline.

@@ -405,22 +405,6 @@ impl Broker for BrokerService {
         request: Request<pb::NackRequest>,
     ) -> Result<Response<pb::NackResponse>, Status> {
         let request = request.into_inner();
-        if handoff::is_handoff(&request.receipt) {
-            // A hand-off is stored on its topic instead, where retries and dead-lettering apply.
-            self.sessions.settle(std::slice::from_ref(&request.receipt));
-            handoff::store(
-                &self.engine,
-                &self.sessions.handoffs,
-                vec![request.receipt],
-                "nacked",
-            )
-            .await;
-            return Ok(Response::new(pb::NackResponse {
-                dead_lettered: false,
-                retry_at: None,
-            }));
-        }
-        let receipt = Receipt::parse("receipt", &request.receipt)?;
         let permanent = match pb::NackKind::try_from(request.kind) {
             Ok(pb::NackKind::Permanent) => true,
             Ok(pb::NackKind::Transient) => false,
@@ -443,6 +427,23 @@ impl Broker for BrokerService {
                     })?,
             ),
         };
+        if handoff::is_handoff(&request.receipt) {
+            // A hand-off is stored on its topic instead, and delivered again from there.
+            self.sessions.settle(std::slice::from_ref(&request.receipt));
+            handoff::store_nacked(
+                &self.engine,
+                &self.sessions.handoffs,
+                request.receipt,
+                permanent,
+                retry_after,
+            )
+            .await;
+            return Ok(Response::new(pb::NackResponse {
+                dead_lettered: false,
+                retry_at: None,
+            }));
+        }
+        let receipt = Receipt::parse("receipt", &request.receipt)?;
         let outcome = self
             .engine
             .nack(&receipt, "", permanent, &request.reason, retry_after)

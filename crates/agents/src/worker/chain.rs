@@ -75,7 +75,7 @@ pub fn hand_on(
         payload: handed_on.encode_to_vec(),
         content_type: agents::TASK_CONTENT_TYPE.to_owned(),
         priority,
-        // A redelivered task hands on once.
+        // A redelivered task hands on once, when the broker stores what it hands on.
         idempotency_key: Some(idempotency_key),
         headers: Default::default(),
     }
