@@ -535,6 +535,21 @@ mod tests {
         Receipt::parse("receipt", "agent.ipa:n:1-0").unwrap()
     }
 
+    fn register(
+        handoffs: &Handoffs,
+        topic: &str,
+        stream: u64,
+        flow: Arc<Flow>,
+        outgoing: DeliverySender,
+    ) {
+        handoffs.register(topic, stream, flow, outgoing, Duration::from_secs(30));
+    }
+
+    /// Whether `handoffs` took the message.
+    fn handed(handoffs: &Handoffs, message: Outgoing, source: Source, deadline: Instant) -> bool {
+        handoffs.hand(message, source, deadline).is_none()
+    }
+
     /// A consumer with one free credit and nothing stored waiting for it.
     fn waiting_flow() -> Arc<Flow> {
         let flow = Arc::new(Flow::new(1, false));
@@ -546,48 +561,21 @@ mod tests {
     fn a_message_goes_only_to_a_caught_up_consumer_with_free_credit() {
         let handoffs = Handoffs::default();
         let far = Instant::now() + Duration::from_secs(60);
-        assert!(
-            handoffs
-                .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_some()
-        );
+        let wba = || message("agent.wba");
+        assert!(!handed(&handoffs, wba(), Source::Stored(head()), far));
 
         let (sender, mut receiver) = mpsc::channel(4);
         let busy = Arc::new(Flow::new(4, false));
-        handoffs.register(
-            "agent.wba",
-            1,
-            busy,
-            sender.clone(),
-            Duration::from_secs(30),
-        );
-        assert!(
-            handoffs
-                .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_some()
-        );
+        register(&handoffs, "agent.wba", 1, busy, sender.clone());
+        assert!(!handed(&handoffs, wba(), Source::Stored(head()), far));
 
-        handoffs.register(
-            "agent.wba",
-            2,
-            waiting_flow(),
-            sender,
-            Duration::from_secs(30),
-        );
-        assert!(
-            handoffs
-                .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_none()
-        );
+        register(&handoffs, "agent.wba", 2, waiting_flow(), sender);
+        assert!(handed(&handoffs, wba(), Source::Stored(head()), far));
         let delivery = receiver.try_recv().unwrap().unwrap();
         assert!(is_handoff(&delivery.receipt));
         assert_eq!(delivery.message.unwrap().topic, "agent.wba");
         // Its one credit is taken.
-        assert!(
-            handoffs
-                .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_some()
-        );
+        assert!(!handed(&handoffs, wba(), Source::Stored(head()), far));
     }
 
     #[test]
@@ -595,33 +583,23 @@ mod tests {
         let handoffs = Handoffs::default();
         let far = Instant::now() + Duration::from_secs(60);
         let (sender, mut receiver) = mpsc::channel(4);
-        handoffs.register(
-            "agent.wba",
-            1,
-            waiting_flow(),
-            sender.clone(),
-            Duration::from_secs(30),
-        );
-        handoffs.register(
-            "agent.nga",
-            2,
-            waiting_flow(),
-            sender,
-            Duration::from_secs(30),
-        );
+        register(&handoffs, "agent.wba", 1, waiting_flow(), sender.clone());
+        register(&handoffs, "agent.nga", 2, waiting_flow(), sender);
 
-        assert!(
-            handoffs
-                .hand(message("agent.wba"), Source::Stored(head()), far)
-                .is_none()
-        );
+        assert!(handed(
+            &handoffs,
+            message("agent.wba"),
+            Source::Stored(head()),
+            far
+        ));
         let first = receiver.try_recv().unwrap().unwrap().receipt;
         handoffs.answered_by_handoff(&first);
-        assert!(
-            handoffs
-                .hand(message("agent.nga"), Source::Handed(first.clone()), far)
-                .is_none()
-        );
+        assert!(handed(
+            &handoffs,
+            message("agent.nga"),
+            Source::Handed(first.clone()),
+            far
+        ));
         let second = receiver.try_recv().unwrap().unwrap().receipt;
         assert_eq!(handoffs.pending_count(), 2);
         // The answered one is with no consumer any more: it never expires by itself.
@@ -645,23 +623,18 @@ mod tests {
     fn a_line_never_outlives_a_third_of_its_heads_remaining_lease() {
         let handoffs = Handoffs::default();
         let (sender, _receiver) = mpsc::channel(4);
-        handoffs.register(
-            "agent.wba",
-            1,
-            waiting_flow(),
-            sender,
-            Duration::from_secs(30),
-        );
+        register(&handoffs, "agent.wba", 1, waiting_flow(), sender);
         let head_deadline = head_deadline_from(Instant::now() + Duration::from_secs(3)).unwrap();
         assert!(
             head_deadline_from(Instant::now() + Duration::from_millis(200)).is_none(),
             "too little time left for a line"
         );
-        assert!(
-            handoffs
-                .hand(message("agent.wba"), Source::Stored(head()), head_deadline)
-                .is_none()
-        );
+        assert!(handed(
+            &handoffs,
+            message("agent.wba"),
+            Source::Stored(head()),
+            head_deadline
+        ));
         let soon = Instant::now() + Duration::from_millis(1100);
         assert!(handoffs.expired(Instant::now()).is_empty());
         assert_eq!(handoffs.expired(soon).len(), 1);

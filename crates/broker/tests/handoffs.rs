@@ -6,16 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Consumer, Harness, WAIT, message, payload_text, publish, topic_stats};
+use common::{Consumer, Harness, WAIT, message, payload_text, publish, reply, topic_stats};
 use tonic::transport::Channel;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
-
-fn reply(receipt: &str, messages: Vec<pb::OutgoingMessage>) -> pb::consume_request::Frame {
-    pb::consume_request::Frame::Reply(pb::ReplyFrame {
-        receipt: receipt.to_owned(),
-        publish: messages,
-    })
-}
 
 fn handed(delivery: &pb::Delivery) -> bool {
     delivery.receipt.starts_with('~')

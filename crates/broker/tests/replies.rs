@@ -5,16 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Consumer, Harness, WAIT, attempts, dead_letters, message, payload_text, publish};
+use common::{
+    Consumer, Harness, WAIT, attempts, dead_letters, message, payload_text, publish, reply,
+};
 use tonic::transport::Channel;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
-
-fn reply(receipt: &str, messages: Vec<pb::OutgoingMessage>) -> pb::consume_request::Frame {
-    pb::consume_request::Frame::Reply(pb::ReplyFrame {
-        receipt: receipt.to_owned(),
-        publish: messages,
-    })
-}
 
 /// Publishes a task to `tasks` and has a worker take it and answer it with `answer`.
 async fn answer_a_task(

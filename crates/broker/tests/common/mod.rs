@@ -323,6 +323,14 @@ impl Consumer {
     }
 }
 
+/// A reply frame: settles `receipt` by publishing `messages`.
+pub fn reply(receipt: &str, messages: Vec<pb::OutgoingMessage>) -> pb::consume_request::Frame {
+    pb::consume_request::Frame::Reply(pb::ReplyFrame {
+        receipt: receipt.to_owned(),
+        publish: messages,
+    })
+}
+
 pub fn payload_text(delivery: &pb::Delivery) -> String {
     delivery
         .message
