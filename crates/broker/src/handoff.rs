@@ -25,6 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tta_proto::v1 as pb;
 
@@ -90,6 +91,8 @@ pub struct Handoffs {
     pending: Mutex<HashMap<String, Pending>>,
     /// The stored heads of the lines in flight.
     heads: Mutex<std::collections::HashSet<String>>,
+    /// Wakes the sweeper when the first hand-off of a quiet spell goes out.
+    first_pending: tokio::sync::Notify,
     /// Tells this process's receipts from an earlier incarnation's.
     incarnation: u64,
     next: AtomicU64,
@@ -101,6 +104,7 @@ impl Default for Handoffs {
             endpoints: Mutex::default(),
             pending: Mutex::default(),
             heads: Mutex::default(),
+            first_pending: tokio::sync::Notify::new(),
             incarnation: uuid::Uuid::now_v7().as_u64_pair().1 >> 16,
             next: AtomicU64::new(1),
         }
@@ -202,6 +206,9 @@ impl Handoffs {
             .flow
             .track(receipt.clone(), deadline, published_at_ms);
         if let Ok(mut pending) = self.pending.lock() {
+            if pending.is_empty() {
+                self.first_pending.notify_one();
+            }
             pending.insert(
                 receipt.clone(),
                 Pending {
@@ -262,6 +269,13 @@ impl Handoffs {
             .into_iter()
             .find(|(_, endpoint)| endpoint.flow.reserve_for_handoff())
             .map(|(_, endpoint)| endpoint.clone())
+    }
+
+    fn pending_any(&self) -> bool {
+        self.pending
+            .lock()
+            .map(|pending| !pending.is_empty())
+            .unwrap_or(false)
     }
 
     /// The head deadline of a hand-off, for what it hands on in turn.
@@ -496,17 +510,21 @@ pub async fn ack_heads(engine: &Engine, heads: Heads) {
     }
 }
 
-/// Stores expired hand-offs every [`SWEEP_INTERVAL`] until shutdown.
+/// Stores expired hand-offs every [`SWEEP_INTERVAL`] while any are in flight, until shutdown;
+/// a broker without hand-offs is not woken for it.
 pub async fn sweep(
     engine: Arc<Engine>,
     handoffs: Arc<Handoffs>,
     shutdown: tta_runtime::Shutdown,
 ) -> Result<(), tta_runtime::BoxError> {
-    let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wait = if handoffs.pending_any() {
+            tokio::time::sleep(SWEEP_INTERVAL).boxed()
+        } else {
+            handoffs.first_pending.notified().boxed()
+        };
         tokio::select! {
-            _ = ticker.tick() => {}
+            () = wait => {}
             () = shutdown.wait() => break,
         }
         let expired = handoffs.expired(Instant::now());
