@@ -494,13 +494,13 @@ async fn settle(
     }
     // A second answer to a delivery whose line is in flight must not ack it early.
     acks.retain(|receipt| !sessions.handoffs.heads_a_line(receipt));
-    let (handed, mut acks): (Vec<String>, Vec<String>) = acks
+    let (handed, acks): (Vec<String>, Vec<String>) = acks
         .into_iter()
         .partition(|receipt| handoff::is_handoff(receipt));
     if !handed.is_empty() {
         sessions.settle(&handed);
         let heads = sessions.handoffs.settled(handed.iter().map(String::as_str));
-        acks.extend(heads.iter().map(Receipt::to_string));
+        handoff::ack_heads(engine, heads).await;
     }
     if acks.is_empty() {
         return Ok(());

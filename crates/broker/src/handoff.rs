@@ -1,20 +1,21 @@
 //! Direct hand-off: a message a consumer publishes in a reply frame goes straight to a consumer
-//! of its topic on this broker that is waiting with free credit, without a round trip through
+//! of its topic on this broker that is waiting with credit, without a round trip through
 //! Redis. This is the path of a turn's chained tasks (IPA → WBA → NGA) and of its answer.
 //!
 //! The work always stays somewhere durable. The delivery a reply answered stays pending in
 //! Redis (its entry unacknowledged) while what it handed on is in flight. A hand-off acked by
 //! its consumer, or answered by a reply that was stored, acks that delivery; when the hand-off
 //! was itself answered by another hand-off, the stored delivery at the head of the line is
-//! acked once the last one is settled. A hand-off that is nacked, outlives its lease or half
-//! of the head's remaining lease, or loses its consumer (a closed stream, a broker shutdown)
-//! is stored on its topic like any publish, and then the head is acked. If that store fails
+//! acked once the last one is settled. A hand-off that is nacked, outlives its lease or a third
+//! of the head's lease left when the line began, or loses its consumer (a closed stream, a
+//! broker shutdown) is stored on its topic like any publish, and then the head is acked. If that store fails
 //! the head is left alone: its lease runs out and it is delivered again. A broker that dies
 //! loses only hand-offs, whose heads are pending in Redis and are delivered again.
 //!
-//! Hand-offs go only to a consumer with free credit whose reader has handed over everything
-//! its last read found, and that read drained every stream: there is no backlog for them to
-//! overtake (a message stored while the reader waits on Redis can be overtaken by hand-offs).
+//! Hand-offs go only to a consumer whose reader waits on a blocking read over streams its last
+//! read drained, taking a free credit or one the reader lent: there is no backlog for them to
+//! overtake (a message stored while the reader waits on Redis can be overtaken by hand-offs),
+//! and the consumer never holds more than its prefetch.
 
 use std::{
     collections::HashMap,
@@ -80,7 +81,7 @@ struct Pending {
     stream: Option<u64>,
     /// When it is stored instead, unless settled first.
     deadline: Instant,
-    /// Half of the stored head's remaining lease: a line of hand-offs never outlives it.
+    /// A third of the stored head's lease left when the line began: no line outlives it.
     head_deadline: Instant,
 }
 
@@ -500,13 +501,22 @@ async fn store_later(
     ack_heads(engine, heads).await;
 }
 
-/// Acks stored heads whose lines are settled. A failure leaves them to their leases.
+/// Acks stored heads whose lines are settled, counted under their own topics. A failure
+/// leaves them to their leases.
 pub async fn ack_heads(engine: &Engine, heads: Heads) {
     if heads.is_empty() {
         return;
     }
-    if let Err(err) = engine.ack_batch(&heads).await {
-        tracing::warn!(error = %err, count = heads.len(), "cannot ack the heads of settled hand-offs; they will be delivered again");
+    match engine.ack_batch(&heads).await {
+        Ok(_) => {
+            for head in &heads {
+                metrics::counter!("tta_broker_acked_total", "topic" => head.topic.clone())
+                    .increment(1);
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, count = heads.len(), "cannot ack the heads of settled hand-offs; they will be delivered again");
+        }
     }
 }
 
