@@ -122,7 +122,7 @@ impl Flow {
         self.set_caught_up(true);
     }
 
-    /// A delivery in flight that did not come from the reader (a hand-off).
+    /// A delivery now in flight to this consumer: read from Redis, or a hand-off.
     pub(crate) fn track(&self, receipt: String, lease_deadline: Instant, published_at_ms: i64) {
         if let Ok(mut in_flight) = self.in_flight.lock() {
             in_flight.insert(
@@ -851,15 +851,7 @@ async fn read_loop(
             delivered_total.increment(1);
             let published_at_ms = message.published_at.as_ref().map_or(0, timestamp_to_millis);
             let receipt = delivered.receipt.to_string();
-            if let Ok(mut in_flight) = flow.in_flight.lock() {
-                in_flight.insert(
-                    receipt.clone(),
-                    InFlight {
-                        lease_deadline,
-                        published_at_ms,
-                    },
-                );
-            }
+            flow.track(receipt.clone(), lease_deadline, published_at_ms);
             let delivery = pb::Delivery {
                 message: Some(message),
                 receipt,

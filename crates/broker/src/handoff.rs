@@ -85,6 +85,13 @@ struct Pending {
     head_deadline: Instant,
 }
 
+impl Pending {
+    /// Still with its consumer, past its deadline.
+    fn expired(&self, now: Instant) -> bool {
+        self.stream.is_some() && self.deadline <= now
+    }
+}
+
 /// The hand-offs of this broker process.
 #[derive(Debug)]
 pub struct Handoffs {
@@ -229,7 +236,9 @@ impl Handoffs {
             // Its consumer is gone. Unless the store of that consumer's orphans took it first
             // (and settles its line), it goes back to be published.
             let (message, source) = self.take(&receipt)?;
-            self.release_head(&source);
+            if let Source::Stored(head) = &source {
+                self.release_head(head);
+            }
             return Some(message);
         }
         metrics::counter!("tta_broker_handoffs_total", "topic" => topic).increment(1);
@@ -245,10 +254,8 @@ impl Handoffs {
             .unwrap_or(false)
     }
 
-    fn release_head(&self, source: &Source) {
-        if let Source::Stored(head) = source
-            && let Ok(mut heads) = self.heads.lock()
-        {
+    fn release_head(&self, head: &Receipt) {
+        if let Ok(mut heads) = self.heads.lock() {
             heads.remove(&head.to_string());
         }
     }
@@ -327,9 +334,7 @@ impl Handoffs {
         while let Some(source) = next.take() {
             match source {
                 Source::Stored(head) => {
-                    if let Ok(mut live) = self.heads.lock() {
-                        live.remove(&head.to_string());
-                    }
+                    self.release_head(&head);
                     heads.push(head);
                 }
                 Source::Handed(parent) => {
@@ -339,8 +344,9 @@ impl Handoffs {
         }
     }
 
-    /// The line above a hand-off that was stored is safe: returns its stored head to ack.
-    fn stored(&self, source: Source) -> Heads {
+    /// Ends the line above a hand-off that was stored or given up: returns its stored head,
+    /// for the caller to ack (stored) or leave to its lease (given up).
+    fn release(&self, source: Source) -> Heads {
         let mut heads = Vec::new();
         if let Ok(mut pending) = self.pending.lock() {
             self.release_line(&mut pending, Some(source), &mut heads);
@@ -368,29 +374,12 @@ impl Handoffs {
             .map(|entry| (entry.message, entry.source))
     }
 
-    /// Forgets the hand-offs above a source whose line could not be stored, leaving the
-    /// stored head to its lease.
-    fn abandon(&self, source: Source) {
-        let Ok(mut pending) = self.pending.lock() else {
-            return;
-        };
-        let mut next = Some(source);
-        while let Some(source) = next.take() {
-            match source {
-                Source::Handed(parent) => {
-                    next = pending.remove(&parent).map(|entry| entry.source);
-                }
-                Source::Stored(head) => self.release_head(&Source::Stored(head)),
-            }
-        }
-    }
-
     /// Hand-offs still with a consumer whose deadline passed.
     fn expired(&self, now: Instant) -> Vec<String> {
         match self.pending.lock() {
             Ok(pending) => pending
                 .iter()
-                .filter(|(_, entry)| entry.stream.is_some() && entry.deadline <= now)
+                .filter(|(_, entry)| entry.expired(now))
                 .map(|(receipt, _)| receipt.clone())
                 .collect(),
             Err(_) => Vec::new(),
@@ -437,7 +426,7 @@ pub fn head_deadline_from(lease_deadline: Instant) -> Option<Instant> {
 /// Stores hand-offs on their topics instead (nacked, expired, or their consumer gone), then
 /// acks the stored heads their lines are now safe from. `why` labels the metric.
 pub async fn store(engine: &Engine, handoffs: &Handoffs, receipts: Vec<String>, why: &'static str) {
-    store_later(engine, handoffs, receipts, why, Duration::ZERO).await;
+    store_later(engine, handoffs, receipts, why, Duration::ZERO, None).await;
 }
 
 /// A nacked hand-off is stored like a retry: after the consumer's `retry_after`, or the
@@ -455,30 +444,28 @@ pub async fn store_nacked(
     } else {
         retry_after.unwrap_or(engine.config().retry.base_delay)
     };
-    store_later(engine, handoffs, vec![receipt], "nacked", delay).await;
+    store_later(engine, handoffs, vec![receipt], "nacked", delay, None).await;
 }
 
+/// Stores `receipts` after `delay`; with `expired_at`, only those still expired then (one
+/// found expired may have been answered or settled since).
 async fn store_later(
     engine: &Engine,
     handoffs: &Handoffs,
     receipts: Vec<String>,
     why: &'static str,
     delay: Duration,
+    expired_at: Option<Instant>,
 ) {
     if receipts.is_empty() {
         return;
     }
-    let now = Instant::now();
     let mut messages = Vec::new();
     let mut sources = Vec::new();
     for receipt in &receipts {
-        // An expired one may have been answered or settled since it was found.
-        let taken = if why == EXPIRED {
-            handoffs.take_if(receipt, |entry| {
-                entry.stream.is_some() && entry.deadline <= now
-            })
-        } else {
-            handoffs.take(receipt)
+        let taken = match expired_at {
+            Some(now) => handoffs.take_if(receipt, |entry| entry.expired(now)),
+            None => handoffs.take(receipt),
         };
         if let Some((mut message, source)) = taken {
             message.delay = delay;
@@ -491,10 +478,11 @@ async fn store_later(
     let mut heads = Vec::new();
     for (outcome, source) in outcomes.into_iter().zip(sources) {
         match outcome {
-            Ok(_) => heads.extend(handoffs.stored(source)),
+            Ok(_) => heads.extend(handoffs.release(source)),
             Err(err) => {
                 tracing::warn!(error = %err, "cannot store a hand-off; the delivery it came from will be delivered again");
-                handoffs.abandon(source);
+                // Its head stays unacked, left to its lease.
+                handoffs.release(source);
             }
         }
     }
@@ -537,8 +525,17 @@ pub async fn sweep(
             () = wait => {}
             () = shutdown.wait() => break,
         }
-        let expired = handoffs.expired(Instant::now());
-        store(&engine, &handoffs, expired, EXPIRED).await;
+        let now = Instant::now();
+        let expired = handoffs.expired(now);
+        store_later(
+            &engine,
+            &handoffs,
+            expired,
+            EXPIRED,
+            Duration::ZERO,
+            Some(now),
+        )
+        .await;
     }
     Ok(())
 }

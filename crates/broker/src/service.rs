@@ -354,36 +354,27 @@ impl Broker for BrokerService {
             )
             .into());
         }
-        let receipts = raw
+        // Stored receipts with their positions in `raw`; hand-offs settle in the broker.
+        let (handed, stored): (Vec<(usize, &String)>, Vec<(usize, &String)>) = raw
             .iter()
             .enumerate()
-            .filter(|(_, text)| !handoff::is_handoff(text))
+            .partition(|(_, text)| handoff::is_handoff(text));
+        let receipts = stored
+            .iter()
             .map(|(index, text)| Receipt::parse(&format!("receipts[{index}]"), text))
             .collect::<Result<Vec<_>, _>>()?;
-        let handed: Vec<&str> = raw
-            .iter()
-            .map(String::as_str)
-            .filter(|text| handoff::is_handoff(text))
+        let unknown: Vec<usize> = self
+            .engine
+            .ack(&receipts)
+            .await?
+            .into_iter()
+            .filter_map(|position| stored.get(position).map(|(index, _)| *index))
             .collect();
-        let unknown = if handed.is_empty() {
-            self.engine.ack(&receipts).await?
-        } else {
-            // Positions of `unknown` index `receipts`, the stored ones: map them back to `raw`.
-            let stored_positions: Vec<usize> = (0..raw.len())
-                .filter(|index| !handoff::is_handoff(&raw[*index]))
-                .collect();
-            let unknown = if receipts.is_empty() {
-                Vec::new()
-            } else {
-                self.engine.ack(&receipts).await?
-            };
-            let heads = self.sessions.handoffs.settled(handed);
-            handoff::ack_heads(&self.engine, heads).await;
-            unknown
-                .into_iter()
-                .filter_map(|index| stored_positions.get(index).copied())
-                .collect()
-        };
+        let heads = self
+            .sessions
+            .handoffs
+            .settled(handed.iter().map(|(_, text)| text.as_str()));
+        handoff::ack_heads(&self.engine, heads).await;
         self.sessions.settle(&raw);
         let unknown_receipts: Vec<String> = unknown
             .iter()
