@@ -102,7 +102,7 @@ pub struct Delivered {
 /// A consumer's place in a topic.
 #[derive(Debug, Clone)]
 pub struct Subscription {
-    pub keys: TopicKeys,
+    pub keys: Arc<TopicKeys>,
     pub group: String,
     pub consumer: String,
     pub visibility_timeout: Duration,
@@ -215,7 +215,13 @@ pub struct Engine {
     /// Topics this process has registered in the global topic set.
     known_topics: Mutex<HashSet<String>>,
     reclaim_cursors: Mutex<HashMap<String, ReclaimCursors>>,
+    /// Topic → its key names, built once: every publish, read and ack needs them.
+    topic_keys: Mutex<HashMap<String, Arc<TopicKeys>>>,
 }
+
+/// Beyond this many cached topics the key cache starts over, so a client inventing topic
+/// names cannot grow it without bound.
+const MAX_CACHED_TOPIC_KEYS: usize = 4096;
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -246,6 +252,7 @@ impl Engine {
             groups: Mutex::new(HashMap::new()),
             known_topics: Mutex::new(HashSet::new()),
             reclaim_cursors: Mutex::new(HashMap::new()),
+            topic_keys: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -253,8 +260,19 @@ impl Engine {
         &self.config
     }
 
-    pub fn keys(&self, topic: &str) -> TopicKeys {
-        TopicKeys::new(&self.keyspace, topic)
+    pub fn keys(&self, topic: &str) -> Arc<TopicKeys> {
+        let Ok(mut cached) = self.topic_keys.lock() else {
+            return Arc::new(TopicKeys::new(&self.keyspace, topic));
+        };
+        if let Some(keys) = cached.get(topic) {
+            return Arc::clone(keys);
+        }
+        if cached.len() >= MAX_CACHED_TOPIC_KEYS {
+            cached.clear();
+        }
+        let keys = Arc::new(TopicKeys::new(&self.keyspace, topic));
+        cached.insert(topic.to_owned(), Arc::clone(&keys));
+        keys
     }
 
     fn topics_key(&self) -> String {
@@ -518,7 +536,7 @@ impl Engine {
         topic: &str,
         group: &str,
         visibility_timeout: Duration,
-    ) -> Result<TopicKeys, Error> {
+    ) -> Result<Arc<TopicKeys>, Error> {
         let keys = self.keys(topic);
         let mut connection = self.connection();
         let (claimed, existing): (bool, String) = redis::pipe()
@@ -583,7 +601,7 @@ impl Engine {
             return Ok(Some(group));
         }
         let group: Option<String> = redis::cmd("HGET")
-            .arg(self.keys(topic).meta)
+            .arg(&self.keys(topic).meta)
             .arg("group")
             .query_async(&mut self.connection())
             .await?;

@@ -146,8 +146,9 @@ impl SafetyGuard {
         .await?;
         safety_metrics::record_assessment(&verdict.assessment, Source::User);
         let escalation = match verdict.escalate {
+            // Boxed: rare, and its state would otherwise swell every turn's.
             Some(reason) => Some(
-                self.escalate(occasion, &verdict.assessment, text, Source::User, reason)
+                Box::pin(self.escalate(occasion, &verdict.assessment, text, Source::User, reason))
                     .await?,
             ),
             None => None,

@@ -61,8 +61,8 @@ pub struct TurnState {
     pub workflow: Option<(String, u32)>,
     /// Results stored by earlier attempts.
     pub steps: Vec<pb::AgentResult>,
-    /// The session's recent inputs, oldest first.
-    pub history: Vec<String>,
+    /// The session's recent inputs, oldest first, one per line.
+    pub history: String,
 }
 
 /// A turn whose session lock was taken: its state, and whether taking the lock also claimed the
@@ -88,9 +88,8 @@ fn parse_turn_state(
     turn: &str,
     raw_session: Option<Vec<u8>>,
     run: RunFields,
-    mut history: Vec<String>,
+    history: String,
 ) -> Result<TurnState, Error> {
-    history.reverse();
     let mut state = TurnState {
         session: raw_session
             .map(|bytes| {
@@ -178,21 +177,25 @@ return false
 /// workflow of a turn no attempt has started (an empty run record). KEYS: lock, session, run,
 /// history. ARGV: lock token, hold ms, last history index, `name@version` to claim ("" for
 /// none), retention ms. Returns nil when the lock is held, else `{session, run fields, history,
-/// claimed (1/0)}`; the run fields are those read before the claim. A missing session is Lua
+/// claimed (1/0)}`; the run fields are those read before the claim, the history is the recent
+/// inputs oldest first, one per line (as the agents get it: one reply value to parse, not one
+/// per input). A missing session is Lua
 /// `false`, which keeps its place in the reply as nil under RESP2, the protocol our
 /// connections speak.
 const LOCK_AND_LOAD: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
 local session = redis.call('GET', KEYS[2])
 local run = redis.call('HGETALL', KEYS[3])
-local history = redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[3]))
+local newest_first = redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[3]))
+local history = {}
+for i = #newest_first, 1, -1 do history[#history + 1] = newest_first[i] end
 local claimed = 0
 if ARGV[4] ~= '' and #run == 0 then
   redis.call('HSET', KEYS[3], 'workflow', ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ARGV[5])
   claimed = 1
 end
-return {session, run, history, claimed}
+return {session, run, table.concat(history, '\n'), claimed}
 "#;
 
 static LOCK_AND_LOAD_SCRIPT: LazyLock<redis::Script> =
@@ -435,9 +438,10 @@ impl Store {
     ) -> Result<TurnState, Error> {
         let mut pipe = redis::pipe();
         self.add_turn_reads(&mut pipe, session, turn, window);
-        let (raw_session, run, history): (Option<Vec<u8>>, RunFields, Vec<String>) =
+        let (raw_session, run, mut history): (Option<Vec<u8>>, RunFields, Vec<String>) =
             pipe.query_async(&mut self.connection()).await?;
-        parse_turn_state(session, turn, raw_session, run, history)
+        history.reverse();
+        parse_turn_state(session, turn, raw_session, run, history.join("\n"))
     }
 
     /// Takes the session's lock if it is free and reads what the turn needs in the same round
@@ -459,7 +463,7 @@ impl Store {
         let claim = claim
             .map(|(name, version)| format!("{name}@{version}"))
             .unwrap_or_default();
-        type Reply = Option<(Option<Vec<u8>>, RunFields, Vec<String>, bool)>;
+        type Reply = Option<(Option<Vec<u8>>, RunFields, String, bool)>;
         let reply: Reply = LOCK_AND_LOAD_SCRIPT
             .key(self.lock_key(session))
             .key(self.session_key(session))
@@ -735,6 +739,53 @@ mod tests {
             .query_async(&mut store.connection())
             .await?;
         assert!(ttl_ms > 0, "the claimed run record expires ({ttl_ms} ms)");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_turn_reads_the_last_inputs_of_its_window_oldest_first() -> anyhow::Result<()> {
+        let redis = tta_testkit::RedisServer::start()?;
+        let store = Store::on(&redis, "history-window").await?;
+        let window = 3;
+        for (turn, text) in ["go north", "look", "take lantern", "i feel calm"]
+            .into_iter()
+            .enumerate()
+        {
+            let turn = format!("t{turn}");
+            let lock = LockToken {
+                turn: turn.clone(),
+                ..token("gw-a", "now")
+            };
+            let locked = store
+                .try_lock_and_load("s1", &lock, Duration::from_secs(5), &turn, window, None)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the session was free"))?;
+            let session = locked.state.session.unwrap_or_else(|| pb::Session {
+                session_id: "s1".to_owned(),
+                ..pb::Session::default()
+            });
+            let response = pb::ProcessUserInputResponse::default();
+            let replaced = store
+                .finish_turn(&turn, &session, &response, Some((text, window)), &lock)
+                .await?;
+            assert!(replaced.is_none());
+        }
+
+        let expected = "look\ntake lantern\ni feel calm";
+        let locked = store
+            .try_lock_and_load(
+                "s1",
+                &token("gw-a", "now"),
+                Duration::from_secs(5),
+                "t9",
+                window,
+                None,
+            )
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the session was free"))?;
+        assert_eq!(locked.state.history, expected);
+        let loaded = store.load_turn("s1", "t9", window).await?;
+        assert_eq!(loaded.history, expected, "both reads agree");
         Ok(())
     }
 }

@@ -213,9 +213,9 @@ impl TurnRunner {
             Some(locked) => (Some(locked.state), routed.filter(|_| locked.claimed)),
             None => (None, None),
         };
-        let outcome = self
-            .run_locked(&request, loaded, claimed, &lock, events)
-            .await;
+        // Boxed: the locked part of a turn is the bulk of its state, and every layer above
+        // (the gRPC handler, the streaming task) would otherwise copy it whole when it moves.
+        let outcome = Box::pin(self.run_locked(&request, loaded, claimed, &lock, events)).await;
         if !lock.released.load(Ordering::Acquire)
             && let Err(err) = self.store.unlock(session_key, &lock.token).await
         {
@@ -353,7 +353,7 @@ impl TurnRunner {
 
         let mut metadata = request.metadata.clone();
         if !state.history.is_empty() {
-            metadata.insert("history".to_owned(), state.history.join("\n"));
+            metadata.insert("history".to_owned(), state.history);
         }
         let context = pb::TurnContext {
             user_id: request.user_id.to_string(),
@@ -644,15 +644,15 @@ impl TurnRunner {
                 turn: Some(review.request.turn_id.as_str()),
             };
             let blocked = rejected.lock().map(|text| text.clone()).unwrap_or_default();
-            self.guard
-                .escalate(
-                    occasion,
-                    &validated.assessment,
-                    &blocked,
-                    Source::Agent,
-                    EscalationReason::RepeatedBlocks,
-                )
-                .await?;
+            // Boxed, like every escalation: rare, and its state would swell every turn's.
+            Box::pin(self.guard.escalate(
+                occasion,
+                &validated.assessment,
+                &blocked,
+                Source::Agent,
+                EscalationReason::RepeatedBlocks,
+            ))
+            .await?;
             // The verdict of record is the one on the text that was withheld.
             return Ok(Some(verdict));
         }

@@ -121,7 +121,15 @@ impl Keyspace {
 
     /// `<prefix>:{tag}:a:b` — every key with the same tag lands in the same cluster slot.
     pub fn tagged(&self, tag: &str, parts: &[&str]) -> String {
-        let mut key = format!("{}:{{{tag}}}", self.prefix);
+        // Keys are built on every command; sized once and pushed, since `format!` and the
+        // growth after it cost more than the command's own encoding.
+        let mut key = String::with_capacity(
+            self.prefix.len() + tag.len() + 3 + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
+        );
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(tag);
+        key.push('}');
         for part in parts {
             key.push(':');
             key.push_str(part);

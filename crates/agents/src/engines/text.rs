@@ -25,12 +25,12 @@ pub(crate) struct Token {
 pub(crate) fn tokenize(text: &str) -> Vec<Token> {
     let mut tokens = Vec::new();
     let mut start: Option<usize> = None;
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    for (index, &(offset, ch)) in chars.iter().enumerate() {
+    let mut chars = text.char_indices().peekable();
+    while let Some((offset, ch)) = chars.next() {
         let is_apostrophe_inside_word = is_apostrophe(ch)
             && start.is_some()
             && chars
-                .get(index + 1)
+                .peek()
                 .is_some_and(|&(_, next)| next.is_alphanumeric());
         if ch.is_alphanumeric() || is_apostrophe_inside_word {
             start.get_or_insert(offset);
@@ -50,18 +50,25 @@ fn is_apostrophe(ch: char) -> bool {
 
 fn make_token(text: &str, start: usize, end: usize) -> Token {
     let typed = text.get(start..end).unwrap_or_default();
-    let word = typed.to_lowercase().replace('\u{2019}', "'");
+    let mut word = typed.to_lowercase();
+    if word.contains('\u{2019}') {
+        word = word.replace('\u{2019}', "'");
+    }
+    if let Some(expanded) = expand_lazy_spelling(&word) {
+        word = expanded.to_owned();
+    }
     Token {
-        word: expand_lazy_spelling(&word).to_owned(),
+        word,
         corrected: false,
         start,
         end,
     }
 }
 
-/// Apostrophe-less spellings people type on phones, mapped to the form the rules match on.
-fn expand_lazy_spelling(word: &str) -> &str {
-    match word {
+/// Apostrophe-less spellings people type on phones, mapped to the form the rules match on;
+/// `None` for a word that needs no change.
+fn expand_lazy_spelling(word: &str) -> Option<&'static str> {
+    Some(match word {
         "im" => "i'm",
         "ive" => "i've",
         "dont" => "don't",
@@ -74,8 +81,8 @@ fn expand_lazy_spelling(word: &str) -> &str {
         "lets" => "let's",
         "whats" => "what's",
         "thats" => "that's",
-        other => other,
-    }
+        _ => return None,
+    })
 }
 
 /// The optimal-string-alignment edit distance: insertions, deletions, substitutions and swaps
@@ -178,31 +185,33 @@ pub(crate) fn join_list(items: &[String], last: &str) -> String {
 /// white space. The sentences come back trimmed; nothing between them is lost but the spaces.
 pub(crate) fn sentences(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let mut current = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(ch) = chars.next() {
-        current.push(ch);
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((_, ch)) = chars.next() {
         if matches!(ch, '.' | '!' | '?') {
-            while let Some(&quote) = chars.peek() {
-                if matches!(quote, '"' | '\u{201d}' | '\'' | '\u{2019}' | ')') {
-                    current.push(quote);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            if chars.peek().is_none_or(|next| next.is_whitespace()) {
-                push_trimmed(&mut out, &current);
-                current.clear();
+            while chars
+                .next_if(|&(_, quote)| matches!(quote, '"' | '\u{201d}' | '\'' | '\u{2019}' | ')'))
+                .is_some()
+            {}
+            let end = chars.peek().map_or(text.len(), |&(at, _)| at);
+            if chars.peek().is_none_or(|&(_, next)| next.is_whitespace()) {
+                push_trimmed(&mut out, &text[start..end]);
+                start = end;
             }
         }
     }
-    push_trimmed(&mut out, &current);
+    push_trimmed(&mut out, &text[start..]);
     out
 }
 
 fn push_trimmed(out: &mut Vec<String>, sentence: &str) {
-    let collapsed = sentence.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut collapsed = String::with_capacity(sentence.len());
+    for word in sentence.split_whitespace() {
+        if !collapsed.is_empty() {
+            collapsed.push(' ');
+        }
+        collapsed.push_str(word);
+    }
     if !collapsed.is_empty() {
         out.push(collapsed);
     }

@@ -90,6 +90,10 @@ impl AvoidTopics {
     /// Whether the sentence touches a topic: every stem of the topic starts a word of the
     /// sentence ("drowning" → "drown" matches "drowned"). Errs on the side of dropping.
     pub fn touches(&self, sentence: &str) -> bool {
+        // Most sessions avoid nothing; then no sentence needs splitting into words.
+        if self.topics.is_empty() {
+            return false;
+        }
         let words: Vec<String> = tokenize(sentence)
             .into_iter()
             .map(|token| token.word)
