@@ -60,24 +60,28 @@ pub fn types_handing_on(agents: &[pb::AgentInfo]) -> std::collections::HashSet<S
 /// ([`task_idempotency_key`]), so a step the gateway dispatches itself after a chain fell
 /// silent is enqueued even if the chain's copy of its task is stuck.
 pub fn handed_on_idempotency_key(task_id: &str) -> String {
-    format!("{}.handed-on", task_idempotency_key(task_id, 1))
+    let mut key = task_idempotency_key(task_id, 1);
+    key.push_str(".handed-on");
+    key
 }
 
 /// The idempotency key of the gateway's publish of a task's attempt: a retried turn enqueues each
 /// attempt once.
 pub fn task_idempotency_key(task_id: &str, attempt: u32) -> String {
+    // Sized once and pushed: every publish of a task builds one.
+    let mut key = String::with_capacity(task_id.len() + 32);
+    key.push_str("task.");
     // Keys use the shared id alphabet.
-    let task_id: String = task_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("task.{task_id}.{attempt}")
+    key.extend(task_id.chars().map(|c| {
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+            c
+        } else {
+            '_'
+        }
+    }));
+    key.push('.');
+    key.push_str(&attempt.to_string());
+    key
 }
 
 /// The topic only this instance consumes, for steps that need capabilities not every instance of
@@ -229,6 +233,21 @@ mod tests {
         assert_eq!(
             direct_topic("nga", "host-1:42"),
             "agent.nga.direct.host-1.42"
+        );
+    }
+
+    #[test]
+    fn task_keys_keep_their_format_and_the_id_alphabet() {
+        // The broker deduplicates publishes on these keys: a changed format would enqueue a
+        // retried task again across an upgrade.
+        assert_eq!(
+            task_idempotency_key("run-1:ipa.x_y", 3),
+            "task.run-1:ipa.x_y.3"
+        );
+        assert_eq!(task_idempotency_key("rün/1 ", 1), "task.r_n_1_.1");
+        assert_eq!(
+            handed_on_idempotency_key("run-1:wba"),
+            "task.run-1:wba.1.handed-on"
         );
     }
 

@@ -10,6 +10,8 @@
 //! grounds first and tells the player they are not alone. This is a first screen only: the
 //! safety crate makes the real crisis verdict.
 
+use std::{collections::HashMap, sync::LazyLock};
+
 use tta_proto::v1::EmotionalTone;
 
 use super::text::{Token, tokenize};
@@ -324,9 +326,25 @@ fn find_hits(tokens: &[Token]) -> Vec<FeelingHit> {
     hits
 }
 
+/// The lexicon's entries by their first word, in lexicon order: a token is compared only with
+/// the entries that could start at it.
+static ENTRIES_BY_FIRST_WORD: LazyLock<HashMap<&'static str, Vec<&'static Entry>>> =
+    LazyLock::new(|| {
+        let mut index: HashMap<&'static str, Vec<&'static Entry>> = HashMap::new();
+        for entry in LEXICON {
+            if let Some(first) = entry.words.first() {
+                index.entry(first).or_default().push(entry);
+            }
+        }
+        index
+    });
+
 fn longest_entry_at(tokens: &[Token], position: usize) -> Option<&'static Entry> {
-    LEXICON
+    let first = tokens.get(position)?;
+    ENTRIES_BY_FIRST_WORD
+        .get(first.word.as_str())?
         .iter()
+        .copied()
         .filter(|entry| {
             tokens
                 .get(position..position + entry.words.len())
