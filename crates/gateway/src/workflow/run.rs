@@ -245,11 +245,12 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
             break;
         };
         states.insert(step.id.as_str(), State::Ended);
-        if let Some(output) = run.output.as_mut() {
+        let had_output = run.output.is_some();
+        if let Some(mut output) = run.output.take() {
             if let Some(pb::agent_output::Kind::Ipa(ipa)) = output.kind.as_mut() {
                 ipa.safety = Some(input.input_safety.clone());
             }
-            outputs.insert(step.id.clone(), output.clone());
+            outputs.insert(step.id.clone(), output);
         }
         metrics::histogram!(
             "tta_gateway_step_duration_seconds",
@@ -266,7 +267,7 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
             pb::StepOutcome::Fallback => outcome
                 .degraded_reasons
                 .push(format!("{}: fallback used ({})", step.id, run.error)),
-            _ if run.output.is_none() && step.continue_on_failure => outcome
+            _ if !had_output && step.continue_on_failure => outcome
                 .degraded_reasons
                 .push(format!("{}: {} (continued without it)", step.id, run.error)),
             _ => {
@@ -283,10 +284,10 @@ pub async fn run(dispatcher: &Dispatcher, input: RunInput<'_>) -> RunOutcome {
         .steps
         .iter()
         .filter_map(|step| {
-            outputs.get(&step.id).map(|output| pb::StepOutput {
+            outputs.remove(&step.id).map(|output| pb::StepOutput {
                 step_id: step.id.clone(),
                 agent_type: step.agent_type.clone(),
-                output: Some(output.clone()),
+                output: Some(output),
             })
         })
         .collect();
