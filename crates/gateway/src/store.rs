@@ -179,9 +179,8 @@ return false
 /// none), retention ms. Returns nil when the lock is held, else `{session, run fields, history,
 /// claimed (1/0)}`; the run fields are those read before the claim, the history is the recent
 /// inputs oldest first, one per line (as the agents get it: one reply value to parse, not one
-/// per input). A missing session is Lua
-/// `false`, which keeps its place in the reply as nil under RESP2, the protocol our
-/// connections speak.
+/// per input). A missing session is Lua `false`, which keeps its place in the reply as nil
+/// under RESP2, the protocol our connections speak.
 const LOCK_AND_LOAD: &str = r#"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return nil end
 local session = redis.call('GET', KEYS[2])

@@ -5,9 +5,26 @@
 //! is also what it hands out as the local port of outgoing connections, and with many tests
 //! connecting at once such a port was often taken again before the server bound it. Below the
 //! range only another test choosing the same random port can collide, and callers retry
-//! start-up on a new port when it happens.
+//! start-up on a new port when it happens. Within one process a port is handed out once: one
+//! service asks for several ports in a row (gRPC and admin), and the same random pick twice
+//! made it refuse its own configuration.
 
-use std::net::TcpListener;
+use std::{
+    collections::HashSet,
+    net::TcpListener,
+    sync::{LazyLock, Mutex},
+};
+
+/// The ports this process has handed out; none is handed out again.
+static HANDED_OUT: LazyLock<Mutex<HashSet<u16>>> = LazyLock::new(Mutex::default);
+
+/// Records `port` as handed out; false if it already was.
+fn claim(port: u16) -> bool {
+    HANDED_OUT
+        .lock()
+        .map(|mut handed_out| handed_out.insert(port))
+        .unwrap_or(true)
+}
 
 /// Where the kernel's ephemeral range starts on Linux unless configured otherwise.
 const DEFAULT_EPHEMERAL_START: u16 = 32768;
@@ -19,14 +36,19 @@ pub fn free_port() -> std::io::Result<u16> {
     if ceiling > LOWEST + 1000 {
         for _ in 0..64 {
             let port = fastrand::u16(LOWEST..ceiling);
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() && claim(port) {
                 return Ok(port);
             }
         }
     }
     // Nothing free below the range (or no room there): let the kernel choose.
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
-    Ok(listener.local_addr()?.port())
+    loop {
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        if claim(port) {
+            return Ok(port);
+        }
+    }
 }
 
 fn ephemeral_start() -> Option<u16> {
@@ -44,6 +66,16 @@ mod tests {
         let ceiling = ephemeral_start().unwrap_or(DEFAULT_EPHEMERAL_START);
         assert!(port < ceiling, "{port} is in the ephemeral range");
         TcpListener::bind(("127.0.0.1", port))?;
+        Ok(())
+    }
+
+    #[test]
+    fn a_process_never_gets_the_same_port_twice() -> std::io::Result<()> {
+        let mut seen = HashSet::new();
+        for _ in 0..2000 {
+            let port = free_port()?;
+            assert!(seen.insert(port), "port {port} was handed out twice");
+        }
         Ok(())
     }
 }
