@@ -14,9 +14,15 @@ fn handed(delivery: &pb::Delivery) -> bool {
     delivery.receipt.starts_with('~')
 }
 
-/// Long enough for a consumer's reader to park on its blocking read.
-async fn let_readers_park() {
+/// Answers `delivery` with one message once the consumers' readers had time to park on their
+/// blocking reads, so the answer can be handed off.
+async fn answer_when_parked(
+    consumer: &Consumer,
+    delivery: &pb::Delivery,
+    answer: pb::OutgoingMessage,
+) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(200)).await;
+    consumer.send(reply(&delivery.receipt, vec![answer])).await
 }
 
 /// Entries of `topic` in Redis, waiting or leased.
@@ -40,13 +46,12 @@ async fn answer_a_task(
     let mut worker = Consumer::subscribe_with_lease(client, "tasks", "worker", 4, lease).await?;
     publish(client, message("tasks", pb::Priority::Normal, "question")).await?;
     let task = worker.next(WAIT).await?;
-    let_readers_park().await;
-    worker
-        .send(reply(
-            &task.receipt,
-            vec![message("answers", pb::Priority::High, "answer")],
-        ))
-        .await?;
+    answer_when_parked(
+        &worker,
+        &task,
+        message("answers", pb::Priority::High, "answer"),
+    )
+    .await?;
     let answer = asker.next(WAIT).await?;
     assert_eq!(payload_text(&answer), "answer");
     Ok((worker, answer))
@@ -95,22 +100,20 @@ async fn a_line_of_hand_offs_acks_its_stored_head_once_the_last_is_acked() -> an
     )
     .await?;
     let task = worker.next(WAIT).await?;
-    let_readers_park().await;
-    worker
-        .send(reply(
-            &task.receipt,
-            vec![message("middle", pb::Priority::Normal, "step")],
-        ))
-        .await?;
+    answer_when_parked(
+        &worker,
+        &task,
+        message("middle", pb::Priority::Normal, "step"),
+    )
+    .await?;
     let step = middle.next(WAIT).await?;
     assert!(handed(&step), "{step:?}");
-    let_readers_park().await;
-    middle
-        .send(reply(
-            &step.receipt,
-            vec![message("answers", pb::Priority::High, "answer")],
-        ))
-        .await?;
+    answer_when_parked(
+        &middle,
+        &step,
+        message("answers", pb::Priority::High, "answer"),
+    )
+    .await?;
     let answer = asker.next(WAIT).await?;
     assert!(handed(&answer), "{answer:?}");
 

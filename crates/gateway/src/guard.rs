@@ -7,6 +7,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures::future::BoxFuture;
 use tta_proto::v1 as pb;
 use tta_runtime::redis::{Keyspace, RedisPool};
 use tta_safety::{
@@ -146,9 +147,8 @@ impl SafetyGuard {
         .await?;
         safety_metrics::record_assessment(&verdict.assessment, Source::User);
         let escalation = match verdict.escalate {
-            // Boxed: rare, and its state would otherwise swell every turn's.
             Some(reason) => Some(
-                Box::pin(self.escalate(occasion, &verdict.assessment, text, Source::User, reason))
+                self.escalate(occasion, &verdict.assessment, text, Source::User, reason)
                     .await?,
             ),
             None => None,
@@ -161,22 +161,24 @@ impl SafetyGuard {
         })
     }
 
-    /// Writes an escalation event for human oversight.
-    pub async fn escalate(
+    /// Writes an escalation event for human oversight. The write is boxed: escalations are
+    /// rare, and awaited in place their state would swell the future of every turn that might
+    /// raise one.
+    pub fn escalate(
         &self,
         occasion: Occasion<'_>,
         assessment: &Assessment,
         text: &str,
         source: Source,
         reason: EscalationReason,
-    ) -> Result<EscalationEvent, tta_safety::Error> {
+    ) -> BoxFuture<'_, Result<EscalationEvent, tta_safety::Error>> {
         let mut event = EscalationEvent::new(assessment, text, source, reason)
             .with_session(occasion.session.as_str())
             .with_user(occasion.user);
         if let Some(turn) = occasion.turn {
             event = event.with_turn(turn);
         }
-        self.inner.escalations.raise(event).await
+        Box::pin(self.inner.escalations.raise(event))
     }
 
     /// Validates an agent's reply, asking `regenerate` for alternatives while it is blocked (at

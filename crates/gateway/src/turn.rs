@@ -644,15 +644,15 @@ impl TurnRunner {
                 turn: Some(review.request.turn_id.as_str()),
             };
             let blocked = rejected.lock().map(|text| text.clone()).unwrap_or_default();
-            // Boxed, like every escalation: rare, and its state would swell every turn's.
-            Box::pin(self.guard.escalate(
-                occasion,
-                &validated.assessment,
-                &blocked,
-                Source::Agent,
-                EscalationReason::RepeatedBlocks,
-            ))
-            .await?;
+            self.guard
+                .escalate(
+                    occasion,
+                    &validated.assessment,
+                    &blocked,
+                    Source::Agent,
+                    EscalationReason::RepeatedBlocks,
+                )
+                .await?;
             // The verdict of record is the one on the text that was withheld.
             return Ok(Some(verdict));
         }

@@ -98,15 +98,7 @@ impl Keyspace {
 
     /// `<prefix>:a:b:c`
     pub fn key(&self, parts: &[&str]) -> String {
-        let mut key = String::with_capacity(
-            self.prefix.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
-        );
-        key.push_str(&self.prefix);
-        for part in parts {
-            key.push(':');
-            key.push_str(part);
-        }
-        key
+        self.build(None, parts)
     }
 
     /// The agent registry entry of one worker instance (expires unless heartbeats refresh it).
@@ -121,15 +113,22 @@ impl Keyspace {
 
     /// `<prefix>:{tag}:a:b` — every key with the same tag lands in the same cluster slot.
     pub fn tagged(&self, tag: &str, parts: &[&str]) -> String {
-        // Keys are built on every command; sized once and pushed, since `format!` and the
-        // growth after it cost more than the command's own encoding.
+        self.build(Some(tag), parts)
+    }
+
+    /// `<prefix>[:{tag}]:a:b`. Keys are built on every command: sized once and pushed, since
+    /// `format!` and the growth after it cost more than the command's own encoding.
+    fn build(&self, tag: Option<&str>, parts: &[&str]) -> String {
+        let tag_len = tag.map_or(0, |tag| tag.len() + 3);
         let mut key = String::with_capacity(
-            self.prefix.len() + tag.len() + 3 + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
+            self.prefix.len() + tag_len + parts.iter().map(|p| p.len() + 1).sum::<usize>(),
         );
         key.push_str(&self.prefix);
-        key.push_str(":{");
-        key.push_str(tag);
-        key.push('}');
+        if let Some(tag) = tag {
+            key.push_str(":{");
+            key.push_str(tag);
+            key.push('}');
+        }
         for part in parts {
             key.push(':');
             key.push_str(part);
