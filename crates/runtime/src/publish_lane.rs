@@ -168,12 +168,20 @@ async fn drive(client: BrokerClient<Channel>, mut calls: mpsc::Receiver<Call>) {
 }
 
 /// Transport failures read as the broker being unavailable (the contract's retryable code).
+/// A status with a source was made here from a transport error, not sent by the broker: a
+/// broker that shuts down mid-stream sends GOAWAY, which the client reports as `INTERNAL`
+/// ("h2 protocol error"), and that too means the broker went away.
 fn as_unavailable(status: Status) -> Status {
-    match status.code() {
-        Code::Unavailable | Code::Cancelled | Code::Unknown => {
-            Status::unavailable(format!("publish stream broke: {}", status.message()))
-        }
-        _ => status,
+    let from_transport = std::error::Error::source(&status).is_some();
+    if from_transport
+        || matches!(
+            status.code(),
+            Code::Unavailable | Code::Cancelled | Code::Unknown
+        )
+    {
+        Status::unavailable(format!("publish stream broke: {}", status.message()))
+    } else {
+        status
     }
 }
 
@@ -317,6 +325,27 @@ pub fn result_status(result: &pb::PublishResult) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_connection_is_unavailable_and_the_brokers_own_answers_are_kept() {
+        // What the client makes of a GOAWAY from a broker shutting down mid-stream.
+        let mut goaway = Status::internal("h2 protocol error: http2 error");
+        goaway.set_source(Arc::new(std::io::Error::other("GoAway(NO_ERROR, Remote)")));
+        assert_eq!(as_unavailable(goaway).code(), Code::Unavailable);
+        assert_eq!(
+            as_unavailable(Status::cancelled("stream reset")).code(),
+            Code::Unavailable
+        );
+        // Sent by the broker itself: not a transport failure, and not retried as one.
+        assert_eq!(
+            as_unavailable(Status::internal("broker bug")).code(),
+            Code::Internal
+        );
+        assert_eq!(
+            as_unavailable(Status::invalid_argument("topic: empty")).code(),
+            Code::InvalidArgument
+        );
+    }
 
     type Answer = oneshot::Receiver<Result<Vec<pb::PublishResult>, Status>>;
 
