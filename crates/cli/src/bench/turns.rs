@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tta_agents::engines::{self, EngineState, World};
@@ -250,63 +250,136 @@ fn baseline(worlds_dir: &std::path::Path, duration: Duration) -> anyhow::Result<
 }
 
 fn report(args: &TurnsBenchArgs, baseline: (f64, Latencies), runs: Vec<RunResult>) {
+    let object = summary(args.service_threads, baseline, runs);
+    if args.json {
+        println!("{object}");
+    } else {
+        print!("{}", render_table(&object));
+    }
+}
+
+/// The whole result as one JSON object: what `--json` prints and what the table is read from.
+fn summary(service_threads: usize, baseline: (f64, Latencies), runs: Vec<RunResult>) -> Value {
     let (baseline_per_s, mut baseline_latencies) = baseline;
+    let baseline_per_s = baseline_per_s.round();
     let mut rows = Vec::new();
     for mut run in runs {
-        let turns_per_s = run.turns as f64 / run.elapsed.as_secs_f64().max(1e-9);
+        let turns_per_s = (run.turns as f64 / run.elapsed.as_secs_f64().max(1e-9)).round();
         rows.push(json!({
             "concurrency": run.concurrency,
             "turns": run.turns,
-            "turns_per_s": turns_per_s.round(),
+            "turns_per_s": turns_per_s,
+            "ratio_to_baseline": turns_per_s / baseline_per_s.max(1.0),
             "p50_ms": run.latencies.quantile_ms(0.50),
             "p95_ms": run.latencies.quantile_ms(0.95),
             "p99_ms": run.latencies.quantile_ms(0.99),
             "degraded": run.degraded,
         }));
     }
-    let object = json!({
-        "service_threads": args.service_threads,
+    json!({
+        "service_threads": service_threads,
         "runs": rows,
         "baseline": {
             "what": "the three built-in engines back to back in-process, no services",
-            "turns_per_s": baseline_per_s.round(),
+            "turns_per_s": baseline_per_s,
             "p50_ms": baseline_latencies.quantile_ms(0.50),
             "p99_ms": baseline_latencies.quantile_ms(0.99),
         },
-    });
-    if args.json {
-        println!("{object}");
-        return;
-    }
-    let threads = match args.service_threads {
+    })
+}
+
+/// The human report. Numbers are taken out of the JSON values first: a `Value` prints
+/// without honouring width or precision, which would leave the columns ragged.
+fn render_table(object: &Value) -> String {
+    let threads = match object["service_threads"].as_u64().unwrap_or_default() {
         0 => "one runtime thread per core".to_owned(),
         1 => "1 runtime thread".to_owned(),
         n => format!("{n} runtime threads"),
     };
-    println!(
-        "turn bench: built-in agents through broker, gateway and workers (separate processes, {threads} each)"
+    let number = |value: &Value| value.as_f64().unwrap_or_default();
+    let count = |value: &Value| value.as_u64().unwrap_or_default();
+    let mut table = format!(
+        "turn bench: built-in agents through broker, gateway and workers (separate processes, {threads} each)\n"
     );
-    println!(
-        "{:>11} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9}",
-        "sessions", "turns", "turns/s", "p50 ms", "p95 ms", "p99 ms", "degraded"
-    );
+    table.push_str(&format!(
+        "{:>11} {:>9} {:>11} {:>9} {:>9} {:>9} {:>9} {:>12}\n",
+        "sessions", "turns", "turns/s", "p50 ms", "p95 ms", "p99 ms", "degraded", "vs baseline"
+    ));
     for row in object["runs"].as_array().into_iter().flatten() {
-        println!(
-            "{:>11} {:>9} {:>11} {:>9.3} {:>9.3} {:>9.3} {:>9}",
-            row["concurrency"],
-            row["turns"],
-            row["turns_per_s"],
-            row["p50_ms"].as_f64().unwrap_or_default(),
-            row["p95_ms"].as_f64().unwrap_or_default(),
-            row["p99_ms"].as_f64().unwrap_or_default(),
-            row["degraded"]
-        );
+        table.push_str(&format!(
+            "{:>11} {:>9} {:>11.0} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>12.4}\n",
+            count(&row["concurrency"]),
+            count(&row["turns"]),
+            number(&row["turns_per_s"]),
+            number(&row["p50_ms"]),
+            number(&row["p95_ms"]),
+            number(&row["p99_ms"]),
+            count(&row["degraded"]),
+            number(&row["ratio_to_baseline"]),
+        ));
     }
     let base = &object["baseline"];
-    println!(
-        "baseline (engines only, in-process): {} turns/s, p50 {:.3} ms, p99 {:.3} ms",
-        base["turns_per_s"],
-        base["p50_ms"].as_f64().unwrap_or_default(),
-        base["p99_ms"].as_f64().unwrap_or_default()
-    );
+    table.push_str(&format!(
+        "baseline (engines only, in-process): {:.0} turns/s, p50 {:.3} ms, p99 {:.3} ms\n",
+        number(&base["turns_per_s"]),
+        number(&base["p50_ms"]),
+        number(&base["p99_ms"]),
+    ));
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_of(concurrency: usize, turns: u64, millis: &[u64]) -> RunResult {
+        let mut latencies = Latencies::default();
+        for &ms in millis {
+            latencies.record(Duration::from_millis(ms));
+        }
+        RunResult {
+            concurrency,
+            turns,
+            elapsed: Duration::from_secs(2),
+            latencies,
+            degraded: 1,
+        }
+    }
+
+    #[test]
+    fn the_table_lines_each_figure_up_under_its_heading() {
+        let mut baseline = Latencies::default();
+        baseline.record(Duration::from_micros(4));
+        let object = summary(
+            1,
+            (200_000.0, baseline),
+            vec![run_of(1, 2_000, &[1, 1, 2]), run_of(16, 13_000, &[2, 3, 4])],
+        );
+        let table = render_table(&object);
+        let lines: Vec<&str> = table.lines().collect();
+        // Right-aligned columns end at the same offset on every line: a figure printed
+        // without its width would shift everything after it.
+        let mut column_ends = Vec::new();
+        let mut end = 0;
+        for width in [11, 9, 11, 9, 9, 9, 9, 12] {
+            end += width;
+            column_ends.push(end);
+            end += 1;
+        }
+        for line in &lines[1..4] {
+            assert_eq!(line.len(), end - 1, "{table}");
+            for &column_end in &column_ends {
+                assert_ne!(line.as_bytes()[column_end - 1], b' ', "{table}");
+                if column_end < line.len() {
+                    assert_eq!(line.as_bytes()[column_end], b' ', "{table}");
+                }
+            }
+        }
+        let sixteen = lines[3];
+        assert!(sixteen.trim_start().starts_with("16 "), "{table}");
+        assert!(sixteen.contains(" 6500 "), "{table}");
+        assert!(sixteen.ends_with(" 0.0325"), "{table}");
+        assert_eq!(object["runs"][1]["ratio_to_baseline"], json!(0.0325));
+        assert!(lines[4].contains("200000 turns/s"), "{table}");
+    }
 }
