@@ -13,6 +13,7 @@ pub mod state;
 pub mod worker;
 
 use std::{
+    collections::HashMap,
     process::ExitCode,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -85,6 +86,22 @@ impl TaskRunner for EngineRunner {
     }
 }
 
+/// The labels of a worker's registry entry that follow from its configuration.
+fn registry_labels(
+    agent: BuiltInAgent,
+    backend: AgentBackend,
+    worlds: &[Arc<World>],
+) -> HashMap<String, String> {
+    let mut labels = HashMap::from([("backend".to_owned(), backend.as_str().to_owned())]);
+    // The gateway refuses a session for a world no WBA serves, instead of failing its first turn.
+    if agent == BuiltInAgent::Wba {
+        let mut ids: Vec<&str> = worlds.iter().map(|world| world.id()).collect();
+        ids.sort_unstable();
+        labels.insert(tta_runtime::agents::WORLDS_LABEL.to_owned(), ids.join(","));
+    }
+    labels
+}
+
 fn host_name() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned())
 }
@@ -140,10 +157,7 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         agent_type.to_string(),
         tta_runtime::agents::NEXT_STEPS_CAPABILITY.to_owned(),
     ];
-    let mut labels = std::collections::HashMap::from([(
-        "backend".to_owned(),
-        worker_config.backend.as_str().to_owned(),
-    )]);
+    let mut labels = registry_labels(agent, worker_config.backend, &worlds);
     let runner: Arc<dyn TaskRunner> = match (worker_config.backend, agent) {
         (AgentBackend::Llm, BuiltInAgent::Ipa | BuiltInAgent::Nga) => {
             let llm = &config.agents.llm;
@@ -174,11 +188,11 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         _ => Arc::new(EngineRunner { engine, state }),
     };
     let publisher = Publisher::connect_lazy(&config.agents.broker_endpoint)?;
-    let worker = Arc::new(Worker {
-        agent: agent_id.clone(),
+    let worker = Arc::new(Worker::new(
+        agent_id.clone(),
         runner,
-        task_timeout: worker_config.task_timeout,
-    });
+        worker_config.task_timeout,
+    ));
     let subscription = Subscription {
         topic: format!("agent.{agent_type}"),
         group: agent_type.to_string(),
@@ -201,13 +215,15 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         .host_name
         .clone()
         .unwrap_or_else(tta_runtime::hosts::local_host_name);
-    tracing::info!(agent = %agent_id, host = %host, worlds = worlds.len(), "worker ready");
+    let max_in_flight = subscription.prefetch;
+    let stats = worker.stats();
 
     let (paused, pause_gate) = watch::channel(false);
     let mut parts = ServiceParts::default();
     if worker_config.enabled {
+        tracing::info!(agent = %agent_id, host = %host, worlds = worlds.len(), "worker ready");
         let shutdown = context.shutdown.clone();
-        let handler = worker.handler();
+        let handler = worker.clone().handler();
         let gate = pause_gate.clone();
         let direct_publisher = publisher.clone();
         let direct_handler = handler.clone();
@@ -242,7 +258,15 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
             Ok(())
         });
     }
-    if config.agents.auto_register {
+    if !worker_config.enabled {
+        // A READY entry with a direct topic would draw capability-routed steps to topics
+        // nobody reads.
+        tracing::info!(
+            agent = %agent_id,
+            setting = %format!("agents.{agent_type}.enabled"),
+            "worker disabled: consuming no tasks and staying out of the agent registry"
+        );
+    } else if config.agents.auto_register {
         let shutdown = context.shutdown.clone();
         let interval = config.agents.effective_heartbeat_interval();
         let ttl = config.agents.heartbeat_ttl;
@@ -256,6 +280,8 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
                     labels,
                     host,
                     paused: pause_gate,
+                    max_in_flight,
+                    stats,
                 },
                 interval,
                 ttl,
@@ -273,4 +299,78 @@ pub fn worker_main(agent: BuiltInAgent, args: ServiceArgs) -> ExitCode {
     run_main(ServiceKind::Agent(agent), args, move |context| {
         build(agent, context)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use tta_runtime::{Readiness, Shutdown};
+    use tta_types::Config;
+
+    use super::*;
+
+    /// The background tasks `build` gives `agent` under `config`, without running them.
+    async fn tasks(agent: BuiltInAgent, config: Config) -> Vec<&'static str> {
+        let context = ServiceContext {
+            kind: ServiceKind::Agent(agent),
+            config: Arc::new(config),
+            shutdown: Shutdown::new(),
+            readiness: Readiness::new(),
+            metrics: tta_runtime::metrics::install("tta-agents-test").unwrap(),
+        };
+        let parts = build(agent, context).await.unwrap();
+        parts.background.iter().map(|task| task.name).collect()
+    }
+
+    fn config() -> Config {
+        let mut config = Config::default();
+        config.agents.worlds_dir =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/worlds");
+        config.agents.auto_register = true;
+        config
+    }
+
+    #[tokio::test]
+    async fn an_enabled_worker_consumes_watches_its_host_and_registers() {
+        assert_eq!(
+            tasks(BuiltInAgent::Nga, config()).await,
+            [
+                "consume-tasks",
+                "consume-direct-tasks",
+                "host-placement",
+                "heartbeat"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disabled_worker_neither_consumes_nor_registers() {
+        let mut config = config();
+        config.agents.nga.enabled = false;
+        assert!(tasks(BuiltInAgent::Nga, config).await.is_empty());
+    }
+
+    fn world(id: &str) -> Arc<World> {
+        let yaml = format!(
+            "id: {id}\ntitle: T\nstart: a\nplaces:\n  - {{ id: a, name: a room, description: A room. }}\n"
+        );
+        Arc::new(World::from_yaml(id, &yaml).unwrap())
+    }
+
+    #[test]
+    fn only_the_wba_advertises_its_worlds_sorted() {
+        let worlds = [world("tide-pools"), world("quiet-harbor"), world("meadow")];
+        let wba = registry_labels(BuiltInAgent::Wba, AgentBackend::Builtin, &worlds);
+        assert_eq!(
+            wba.get(tta_runtime::agents::WORLDS_LABEL)
+                .map(String::as_str),
+            Some("meadow,quiet-harbor,tide-pools")
+        );
+        assert_eq!(wba.get("backend").map(String::as_str), Some("builtin"));
+        for agent in [BuiltInAgent::Ipa, BuiltInAgent::Nga] {
+            let labels = registry_labels(agent, AgentBackend::Builtin, &worlds);
+            assert!(!labels.contains_key(tta_runtime::agents::WORLDS_LABEL));
+        }
+    }
 }

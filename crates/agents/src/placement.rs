@@ -1,8 +1,8 @@
 //! Steering work away from hosts in trouble. A worker looks at its host's record in the host
 //! registry (kept by the host's resource monitor); while the host is critical, and a worker of
-//! the same type is alive on a host that is not, it stops taking tasks. The broker's competing
-//! consumers then hand every new task to the healthy workers. When no healthier worker exists
-//! it keeps working: slow is better than nothing.
+//! the same type is alive and ready on a host that is not, it stops taking tasks. The broker's
+//! competing consumers then hand every new task to the healthy workers. When no healthier
+//! worker exists it keeps working: slow is better than nothing.
 
 use std::{collections::HashSet, time::Duration};
 
@@ -21,7 +21,17 @@ pub struct Placement {
     pub keys: Keyspace,
 }
 
-/// The workers of `agent_type` in the agent registry with the host they report.
+/// The host of a registered worker that takes tasks now. One that is draining (shutting down,
+/// or stepping aside itself), unhealthy, isolated or expired cannot take over this worker's
+/// share, so it must not make this one step aside.
+fn ready_host(info: &pb::AgentInfo) -> Option<&str> {
+    if info.status != pb::AgentStatus::Ready as i32 {
+        return None;
+    }
+    info.labels.get("host").map(String::as_str)
+}
+
+/// The ready workers of `agent_type` in the agent registry with the host they report.
 async fn peers(
     connection: &mut ConnectionManager,
     keys: &Keyspace,
@@ -50,7 +60,7 @@ async fn peers(
         .zip(entries)
         .filter_map(|(instance, raw)| {
             let info = pb::AgentInfo::decode(raw?.as_slice()).ok()?;
-            let host = info.labels.get("host")?.clone();
+            let host = ready_host(&info)?.to_owned();
             Some((instance.to_owned(), host))
         })
         .collect())
@@ -129,16 +139,20 @@ mod tests {
     use tta_testkit::{RedisServer, unique_prefix};
     use tta_types::AgentType;
 
+    use pb::AgentStatus::{Draining, Ready};
+
     async fn register(
         connection: &mut ConnectionManager,
         keys: &Keyspace,
         instance: &str,
         host: &str,
+        status: pb::AgentStatus,
     ) {
         let agent = AgentId::new(AgentType::Ipa, instance).unwrap();
         let info = pb::AgentInfo {
             id: Some(pb::AgentId::from(&agent)),
             labels: [("host".to_owned(), host.to_owned())].into(),
+            status: status as i32,
             ..Default::default()
         };
         let _: () = redis::pipe()
@@ -172,8 +186,33 @@ mod tests {
             .unwrap();
     }
 
+    #[test]
+    fn only_a_ready_peer_counts_as_alive() {
+        let peer = |status: pb::AgentStatus| pb::AgentInfo {
+            labels: [("host".to_owned(), "cool".to_owned())].into(),
+            status: status as i32,
+            ..Default::default()
+        };
+        assert_eq!(ready_host(&peer(Ready)), Some("cool"));
+        for status in [
+            pb::AgentStatus::Unspecified,
+            pb::AgentStatus::Starting,
+            Draining,
+            pb::AgentStatus::Unhealthy,
+            pb::AgentStatus::Isolated,
+            pb::AgentStatus::Expired,
+        ] {
+            assert_eq!(ready_host(&peer(status)), None, "{status:?}");
+        }
+        let hostless = pb::AgentInfo {
+            status: Ready as i32,
+            ..Default::default()
+        };
+        assert_eq!(ready_host(&hostless), None);
+    }
+
     #[tokio::test]
-    async fn a_worker_on_a_critical_host_steps_aside_only_for_a_healthier_peer() {
+    async fn a_worker_on_a_critical_host_steps_aside_only_for_a_healthier_ready_peer() {
         let redis = RedisServer::start().unwrap();
         let client = redis::Client::open(redis.url()).unwrap();
         let mut connection = ConnectionManager::new(client).await.unwrap();
@@ -186,12 +225,17 @@ mod tests {
         // No record of its host: nothing is known, it keeps working.
         assert!(!placement.should_pause(&mut connection).await.unwrap());
 
-        register(&mut connection, &keys, "ipa-hot", "hot").await;
+        register(&mut connection, &keys, "ipa-hot", "hot", Ready).await;
         host(&mut connection, &keys, "hot", pb::HealthState::Critical).await;
         // Critical, but no peer anywhere else: it keeps working.
         assert!(!placement.should_pause(&mut connection).await.unwrap());
 
-        register(&mut connection, &keys, "ipa-other", "other").await;
+        // A healthy host, but its worker takes no tasks.
+        register(&mut connection, &keys, "ipa-other", "other", Draining).await;
+        host(&mut connection, &keys, "other", pb::HealthState::Warn).await;
+        assert!(!placement.should_pause(&mut connection).await.unwrap());
+
+        register(&mut connection, &keys, "ipa-other", "other", Ready).await;
         host(&mut connection, &keys, "other", pb::HealthState::Critical).await;
         // The peer's host is just as critical.
         assert!(!placement.should_pause(&mut connection).await.unwrap());

@@ -7,7 +7,7 @@
 
 use std::{
     sync::Arc,
-    time::{Instant, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
@@ -54,7 +54,8 @@ async fn tools(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Value
     }
 }
 
-/// `GET /agents`: the registered workers and how long ago each one last sent a heartbeat.
+/// `GET /agents`: the registered workers, how long ago each one last sent a heartbeat, and the
+/// load and task figures it sent.
 async fn agents(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Value>) {
     let agents = match state.store.agents().await {
         Ok(agents) => agents,
@@ -88,11 +89,33 @@ async fn agents(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Valu
                 "version": info.version,
                 "uptime_seconds": age(&info.started_at),
                 "last_heartbeat_age_seconds": age(&info.last_heartbeat),
+                "in_flight": info.in_flight,
+                "max_in_flight": info.max_in_flight,
+                "load": info.load,
+                "stats": info.stats.as_ref().map(agent_stats),
             })
         })
         .collect();
     listed.sort_by_key(|agent| format!("{}:{}", agent["agent_type"], agent["instance"]));
     (StatusCode::OK, Json(json!({ "agents": listed })))
+}
+
+/// An instance's own figures from its last heartbeat, latencies in milliseconds.
+fn agent_stats(stats: &pb::AgentStats) -> Value {
+    let millis = |latency: &Option<prost_types::Duration>| {
+        latency
+            .and_then(|latency| Duration::try_from(latency).ok())
+            .map(|latency| latency.as_secs_f64() * 1000.0)
+    };
+    json!({
+        "tasks_succeeded": stats.tasks_succeeded,
+        "tasks_failed": stats.tasks_failed,
+        "tasks_timed_out": stats.tasks_timed_out,
+        "latency_p50_ms": millis(&stats.latency_p50),
+        "latency_p95_ms": millis(&stats.latency_p95),
+        "latency_avg_ms": millis(&stats.latency_avg),
+        "error_rate": stats.error_rate,
+    })
 }
 
 async fn diagnostics(State(state): State<DiagnosticsState>) -> Json<Value> {

@@ -13,6 +13,8 @@ pub enum Error {
     #[error("{0}")]
     PermissionDenied(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
     Busy(String),
@@ -61,6 +63,7 @@ impl ServiceError for Error {
             Error::Invalid(_) => ErrorCode::InvalidArgument,
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::Busy(_) => ErrorCode::ResourceExhausted,
             Error::Aborted(_) => ErrorCode::Aborted,

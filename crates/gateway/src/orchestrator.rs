@@ -3,6 +3,7 @@
 //! its turns through the same functions.
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::Arc,
     time::{Duration, SystemTime},
@@ -12,6 +13,7 @@ use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tta_proto::v1::{self as pb, orchestrator_server::Orchestrator};
+use tta_safety::TherapeuticSettings;
 use tta_types::{
     Config, FieldViolation, Priority, SessionId, TurnId, UserId, convert::priority_from_proto,
 };
@@ -27,6 +29,8 @@ use crate::{
 const MAX_METADATA_ENTRIES: usize = 32;
 const MAX_METADATA_KEY_BYTES: usize = 64;
 const MAX_METADATA_VALUE_BYTES: usize = 1024;
+/// The contract's limit on `EndSessionRequest.reason`.
+const MAX_END_REASON_BYTES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorService {
@@ -151,22 +155,7 @@ impl OrchestratorService {
         } else {
             TurnId::parse_field("turn_id", &request.turn_id)?
         };
-        if request.metadata.len() > MAX_METADATA_ENTRIES {
-            return Err(FieldViolation::new(
-                "metadata",
-                format!("must hold at most {MAX_METADATA_ENTRIES} entries"),
-            ));
-        }
-        if let Some((key, _)) = request.metadata.iter().find(|(key, value)| {
-            key.len() > MAX_METADATA_KEY_BYTES || value.len() > MAX_METADATA_VALUE_BYTES
-        }) {
-            return Err(FieldViolation::new(
-                format!("metadata[{key:?}]"),
-                format!(
-                    "keys may have at most {MAX_METADATA_KEY_BYTES} bytes and values {MAX_METADATA_VALUE_BYTES}"
-                ),
-            ));
-        }
+        check_metadata(&request.metadata)?;
         let priority = match pb::Priority::try_from(request.priority) {
             Ok(pb::Priority::Unspecified) => pb::Priority::Normal,
             Ok(priority) => priority,
@@ -187,6 +176,40 @@ impl OrchestratorService {
             priority,
         })
     }
+}
+
+/// The contract's limits on free-form metadata, the same for turns and sessions.
+fn check_metadata(metadata: &HashMap<String, String>) -> Result<(), FieldViolation> {
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(FieldViolation::new(
+            "metadata",
+            format!("must hold at most {MAX_METADATA_ENTRIES} entries"),
+        ));
+    }
+    if let Some((key, _)) = metadata.iter().find(|(key, value)| {
+        key.len() > MAX_METADATA_KEY_BYTES || value.len() > MAX_METADATA_VALUE_BYTES
+    }) {
+        return Err(FieldViolation::new(
+            format!("metadata[{key:?}]"),
+            format!(
+                "keys may have at most {MAX_METADATA_KEY_BYTES} bytes and values {MAX_METADATA_VALUE_BYTES}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a world can be played: refused only when the live WBAs say which worlds they hold
+/// and none holds it. With no WBA up (or none telling), the session is created and its first
+/// turn finds out, rather than refusing a world that may well exist.
+fn world_is_served(world_id: &str, agents: &[pb::AgentInfo]) -> bool {
+    let mut told = agents
+        .iter()
+        .filter(|agent| agent.id.as_ref().is_some_and(|id| id.agent_type == "wba"))
+        .filter_map(|wba| wba.labels.get(tta_runtime::agents::WORLDS_LABEL))
+        .peekable();
+    told.peek().is_none()
+        || told.any(|worlds| worlds.split(',').any(|served| served.trim() == world_id))
 }
 
 /// World ids name files in the worlds directory: keep them to a plain, path-free alphabet.
@@ -310,17 +333,32 @@ impl Orchestrator for OrchestratorService {
                 FieldViolation::new("character_name", "must be at most 64 characters").into(),
             );
         }
+        if let Some(settings) = &request.settings {
+            TherapeuticSettings::from_proto("settings", settings)?;
+        }
+        check_metadata(&request.metadata)?;
+        if !request.world_id.is_empty() {
+            check_world_id(&request.world_id)?;
+        }
+        let store = self.turns.store();
+        if !request.world_id.is_empty()
+            && !world_is_served(&request.world_id, &store.agents().await?)
+        {
+            return Err(Error::NotFound(format!(
+                "world_id: no world {:?} is loaded by any WBA",
+                request.world_id
+            ))
+            .into());
+        }
         let mut session = self.turns.new_session(&session_id, &user_id);
         session.character_name = request.character_name;
         if !request.world_id.is_empty() {
-            check_world_id(&request.world_id)?;
             session.world_id = request.world_id;
         }
         if let Some(settings) = request.settings {
             session.settings = Some(settings);
         }
         session.metadata = request.metadata;
-        let store = self.turns.store();
         let created = store.create_session(&session).await?;
         let session = if created {
             session
@@ -330,7 +368,7 @@ impl Orchestrator for OrchestratorService {
                 .await?
                 .ok_or_else(|| Error::Internal("session vanished while being created".into()))?;
             if existing.user_id != user_id.as_str() {
-                return Err(Error::PermissionDenied(format!(
+                return Err(Error::AlreadyExists(format!(
                     "session_id: session {session_id} belongs to another user"
                 ))
                 .into());
@@ -368,6 +406,13 @@ impl Orchestrator for OrchestratorService {
     ) -> Result<Response<pb::EndSessionResponse>, Status> {
         let request = request.into_inner();
         let session_id = SessionId::parse_field("session_id", &request.session_id)?;
+        if request.reason.len() > MAX_END_REASON_BYTES {
+            return Err(FieldViolation::new(
+                "reason",
+                format!("must be at most {MAX_END_REASON_BYTES} bytes"),
+            )
+            .into());
+        }
         let store = self.turns.store();
         let mut session = store
             .load_session(session_id.as_str())

@@ -179,11 +179,11 @@ fn spawn_teller(
     shutdown: Shutdown,
 ) {
     let publisher = Publisher::connect_lazy(broker_url).unwrap();
-    let worker = Arc::new(Worker {
-        agent: AgentId::new("teller".parse::<AgentType>().unwrap(), "teller-1").unwrap(),
-        runner: Arc::new(Teller { runs, gate }),
-        task_timeout: Duration::from_secs(10),
-    });
+    let worker = Arc::new(Worker::new(
+        AgentId::new("teller".parse::<AgentType>().unwrap(), "teller-1").unwrap(),
+        Arc::new(Teller { runs, gate }),
+        Duration::from_secs(10),
+    ));
     tokio::spawn(messaging::consume(
         publisher,
         Subscription {

@@ -149,15 +149,15 @@ impl Harness {
         script: impl Fn(&pb::AgentTask) -> Result<pb::AgentOutput, TaskError> + Send + Sync + 'static,
     ) -> Arc<Worker> {
         let publisher = Publisher::connect_lazy(&self.broker_url).unwrap();
-        let worker = Arc::new(Worker {
-            agent: AgentId::new(agent_type.parse::<AgentType>().unwrap(), instance).unwrap(),
-            runner: Arc::new(Scripted {
+        let worker = Arc::new(Worker::new(
+            AgentId::new(agent_type.parse::<AgentType>().unwrap(), instance).unwrap(),
+            Arc::new(Scripted {
                 script: Arc::new(script),
                 delay: Box::new(delay),
                 log: self.log.clone(),
             }),
-            task_timeout: Duration::from_secs(10),
-        });
+            Duration::from_secs(10),
+        ));
         tokio::spawn(messaging::consume(
             publisher,
             Subscription {

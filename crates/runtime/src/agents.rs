@@ -14,6 +14,8 @@ use crate::redis::Keyspace;
 
 /// Label of an instance's record that names its own task topic.
 pub const DIRECT_TOPIC_LABEL: &str = "direct_topic";
+/// Label of a WBA's record listing the world ids it serves, sorted and comma-separated.
+pub const WORLDS_LABEL: &str = "worlds";
 
 /// Content type of an `AgentTask` on a broker topic.
 pub const TASK_CONTENT_TYPE: &str = "application/x-protobuf; type=tta.v1.AgentTask";

@@ -26,6 +26,9 @@ pub enum Intensity {
 /// The contract's limits on `avoid_topics`.
 pub const MAX_AVOID_TOPICS: usize = 64;
 pub const MAX_TOPIC_BYTES: usize = 64;
+/// The contract's limits on `goals`.
+pub const MAX_GOALS: usize = 16;
+pub const MAX_GOAL_BYTES: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TherapeuticSettings {
@@ -34,6 +37,8 @@ pub struct TherapeuticSettings {
     pub avoid_topics: Vec<String>,
     /// BCP 47 tag; empty means the default locale.
     pub locale: String,
+    /// The session's therapeutic goals in plain words, trimmed, for the agents to keep in view.
+    pub goals: Vec<String>,
 }
 
 /// A plausible BCP 47 tag: a 2-8 letter language and optional 1-8 character subtags.
@@ -98,12 +103,38 @@ impl TherapeuticSettings {
             )
             .within(field));
         }
+        let goals = parse_goals(field, &raw.goals)?;
         Ok(Self {
             intensity,
             avoid_topics,
             locale: raw.locale.clone(),
+            goals,
         })
     }
+}
+
+fn parse_goals(field: &str, raw: &[String]) -> Result<Vec<String>, FieldViolation> {
+    if raw.len() > MAX_GOALS {
+        return Err(FieldViolation::new(
+            "goals",
+            format!("at most {MAX_GOALS} entries, got {}", raw.len()),
+        )
+        .within(field));
+    }
+    let mut goals = Vec::with_capacity(raw.len());
+    for (i, goal) in raw.iter().enumerate() {
+        let goal = goal.trim();
+        let reason = if goal.is_empty() {
+            "must not be empty".to_owned()
+        } else if goal.len() > MAX_GOAL_BYTES {
+            format!("must be at most {MAX_GOAL_BYTES} bytes")
+        } else {
+            goals.push(goal.to_owned());
+            continue;
+        };
+        return Err(FieldViolation::new(format!("goals[{i}]"), reason).within(field));
+    }
+    Ok(goals)
 }
 
 /// Avoided topics compiled for one rule set.
@@ -243,5 +274,32 @@ mod tests {
                 .field,
             "settings.avoid_topics"
         );
+    }
+
+    #[test]
+    fn goals_are_trimmed_and_held_to_the_contracts_limits() {
+        let goals = |goals: Vec<String>| {
+            TherapeuticSettings::from_proto(
+                "settings",
+                &pb::TherapeuticSettings {
+                    goals,
+                    ..Default::default()
+                },
+            )
+        };
+        let kept = goals(vec!["  practise self-compassion ".into()]).unwrap();
+        assert_eq!(kept.goals, ["practise self-compassion"]);
+
+        let field_of = |raw: Vec<String>| goals(raw).unwrap_err().field;
+        assert_eq!(field_of(vec!["x".into(); MAX_GOALS + 1]), "settings.goals");
+        assert_eq!(
+            field_of(vec!["ok".into(), "   ".into()]),
+            "settings.goals[1]"
+        );
+        assert_eq!(
+            field_of(vec!["g".repeat(MAX_GOAL_BYTES + 1)]),
+            "settings.goals[0]"
+        );
+        assert!(goals(vec!["g".repeat(MAX_GOAL_BYTES); MAX_GOALS]).is_ok());
     }
 }

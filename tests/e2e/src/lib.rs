@@ -180,6 +180,8 @@ impl Stack {
             // Short leases, so a killed worker's task is redelivered within the test.
             ("TTA_BROKER__VISIBILITY_TIMEOUT", "2s".to_owned()),
             ("TTA_BROKER__RETRY__BASE_DELAY", "100ms".to_owned()),
+            // Frequent beats, so a test sees the workers' figures soon after their tasks.
+            ("TTA_AGENTS__HEARTBEAT_INTERVAL", "1s".to_owned()),
         ];
         common.extend(extra_env.iter().cloned());
         let broker = spawn("tta-broker", true, common.clone())?.started().await?;

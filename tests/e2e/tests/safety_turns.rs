@@ -193,11 +193,11 @@ async fn a_blocked_narrative_is_regenerated_and_the_player_never_reads_it() -> a
 
     let narrator = Arc::new(ScriptedNarrator::default());
     let publisher = Publisher::connect_lazy(&stack.broker_url())?;
-    let worker = Arc::new(Worker {
-        agent: AgentId::new(AgentType::Nga, "scripted-nga")?,
-        runner: narrator.clone(),
-        task_timeout: Duration::from_secs(5),
-    });
+    let worker = Arc::new(Worker::new(
+        AgentId::new(AgentType::Nga, "scripted-nga")?,
+        narrator.clone(),
+        Duration::from_secs(5),
+    ));
     let shutdown = Shutdown::new();
     let consumer = tokio::spawn(messaging::consume(
         publisher,

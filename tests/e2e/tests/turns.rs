@@ -204,6 +204,35 @@ async fn a_ten_turn_session_plays_coherently_and_its_world_changes_persist() -> 
         version_after_replay == version_before_replay,
         "a replay must not apply the turn again"
     );
+
+    // Each worker's heartbeat reports the tasks it ran and its capacity.
+    let mut figures = String::new();
+    for _ in 0..50 {
+        let (_, body) = tta_testkit::http_get(stack.gateway.admin, "/agents").await?;
+        let registry: serde_json::Value = serde_json::from_str(&body)?;
+        let reported = ["ipa", "wba", "nga"].iter().all(|agent_type| {
+            registry["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|agent| {
+                    agent["agent_type"] == *agent_type
+                        && agent["stats"]["tasks_succeeded"].as_u64() >= Some(10)
+                        && agent["stats"]["latency_p50_ms"].as_f64() > Some(0.0)
+                        && agent["max_in_flight"].as_u64() > Some(0)
+                })
+        });
+        if reported {
+            figures.clear();
+            break;
+        }
+        figures = body;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    ensure!(
+        figures.is_empty(),
+        "the workers' heartbeats never reported their ten tasks: {figures}"
+    );
     println!("{}", session.transcript.join("\n\n"));
     Ok(())
 }

@@ -44,6 +44,23 @@ pub fn request(task: &AgentTask, temperature: f64) -> ChatRequest {
             topics.join("; ")
         );
     }
+    if let Some(settings) = settings {
+        let goals: Vec<&str> = settings
+            .goals
+            .iter()
+            .map(|goal| goal.trim())
+            .filter(|goal| !goal.is_empty())
+            .collect();
+        // Goals shape the story's direction; naming them to the player would turn a game
+        // into a lesson.
+        if !goals.is_empty() {
+            let _ = write!(
+                system,
+                "\nLet the scene gently support these therapeutic goals, without naming them: {}.",
+                goals.join("; ")
+            );
+        }
+    }
     if task.alternative.is_some() {
         system.push_str(
             "\nYour previous reply was held back as unsuitable. Write a plainer, gentler one \
@@ -243,6 +260,25 @@ mod tests {
         let user = &request.messages[1].content;
         assert!(user.contains("- go north\n- take lantern"), "{user}");
         assert!(user.contains("The player now typed: look around"));
+    }
+
+    #[test]
+    fn the_prompt_carries_the_sessions_goals_only_when_it_has_some() {
+        let mut with_goals = task(&[]);
+        if let Some(settings) = with_goals
+            .turn
+            .as_mut()
+            .and_then(|turn| turn.settings.as_mut())
+        {
+            settings.goals = vec!["practise self-compassion".into(), " ".into()];
+        }
+        let system = &request(&with_goals, 0.7).messages[0].content;
+        assert!(
+            system.ends_with("without naming them: practise self-compassion."),
+            "{system}"
+        );
+        let plain = &request(&task(&[]), 0.7).messages[0].content;
+        assert!(!plain.contains("therapeutic goals"), "{plain}");
     }
 
     #[test]
