@@ -241,6 +241,20 @@ pub struct StartedTurn {
 impl OrchestratorService {
     /// Steps naming an agent type no live worker serves (R8.1: such a step falls back at run
     /// time). Informational: an unreadable registry yields no warnings, not an error.
+    /// The world as the session's last turn left it, from that turn's recorded response. The
+    /// WBA owns the state; the gateway only keeps what the WBA last said about it.
+    async fn last_world(&self, session: &pb::Session) -> Result<Option<pb::WorldSummary>, Error> {
+        if session.last_turn_id.is_empty() {
+            return Ok(None);
+        }
+        let response = self
+            .turns
+            .store()
+            .response(&session.session_id, &session.last_turn_id)
+            .await?;
+        Ok(response.and_then(|response| response.world))
+    }
+
     async fn live_agent_warnings(
         &self,
         workflow: &crate::workflow::definition::Workflow,
@@ -375,11 +389,12 @@ impl Orchestrator for OrchestratorService {
             }
             existing
         };
+        let world = self.last_world(&session).await?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session),
             created,
             intro_text: String::new(),
-            world: None,
+            world,
         }))
     }
 
@@ -394,9 +409,10 @@ impl Orchestrator for OrchestratorService {
             .load_session(session_id.as_str())
             .await?
             .ok_or_else(|| Error::NotFound(format!("session_id: no session {session_id}")))?;
+        let world = self.last_world(&session).await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(session),
-            world: None,
+            world,
         }))
     }
 

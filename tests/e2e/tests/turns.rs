@@ -172,8 +172,9 @@ async fn a_ten_turn_session_plays_coherently_and_its_world_changes_persist() -> 
         feelings.text
     );
 
+    let mut last = feelings.clone();
     while session.turns < 10 {
-        session.say("look").await?;
+        last = session.say("look").await?;
     }
     let version_before_replay = session_version(&mut session.client, &session.id).await?;
     ensure!(
@@ -203,6 +204,20 @@ async fn a_ten_turn_session_plays_coherently_and_its_world_changes_persist() -> 
     ensure!(
         version_after_replay == version_before_replay,
         "a replay must not apply the turn again"
+    );
+
+    // The session shows the world as its last turn left it.
+    let shown = session
+        .client
+        .get_session(pb::GetSessionRequest {
+            session_id: session.id.clone(),
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        shown.world.as_ref() == Some(world(&last)?),
+        "GetSession's world is not the last turn's: {:?}",
+        shown.world
     );
 
     // Each worker's heartbeat reports the tasks it ran and its capacity.
