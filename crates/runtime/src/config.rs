@@ -250,6 +250,32 @@ mod tests {
     }
 
     #[test]
+    fn the_prototypes_tools_section_loads_as_written() {
+        let config = load_file(
+            "agent_orchestration:
+  tools:
+    redis_key_prefix: \"ao-tools\" # reuse default prefix
+    cache_ttl_s: 300 # LRU TTL for ToolSpec lookups
+    cache_max_items: 512
+    max_params: 16
+    max_schema_depth: 5
+    allow_network_tools: false
+    allow_filesystem_tools: false
+    max_idle_seconds: 86400
+",
+        )
+        .unwrap();
+        assert_eq!(config.tools.key_prefix(&config.redis), "ao-tools");
+        assert_eq!(config.tools.cache_ttl_s, Duration::from_secs(300));
+        assert_eq!(config.tools.max_idle_seconds, Duration::from_secs(86_400));
+        assert_eq!(
+            Config::default().tools.key_prefix(&config.redis),
+            config.redis.key_prefix,
+            "unset, the registry shares the deployment's prefix"
+        );
+    }
+
+    #[test]
     fn an_empty_file_means_defaults() {
         assert_eq!(load_file("").unwrap(), Config::default());
     }

@@ -38,7 +38,7 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         policy::Policy::from_config(&config.tools),
         config.tools.policy_file.clone(),
     )?;
-    let store = store::Store::new(pool, Keyspace::new(&config.redis.key_prefix));
+    let store = store::Store::new(pool, Keyspace::new(config.tools.key_prefix(&config.redis)));
     let registry = registry::Registry::new(store, policy.clone());
 
     let grpc = GrpcServer::new(context.kind.name()).add_service(ToolRegistryServer::new(

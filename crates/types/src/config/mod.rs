@@ -286,6 +286,9 @@ impl Default for BrokerConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ToolsConfig {
     pub listen: ListenConfig,
+    /// Prefix of the registry's Redis keys when it should differ from `redis.key_prefix`
+    /// (the prototype kept tools under their own prefix); unset means `redis.key_prefix`.
+    pub redis_key_prefix: Option<String>,
     /// How long a looked-up tool spec is served from the in-process cache.
     #[serde(with = "duration")]
     pub cache_ttl_s: Duration,
@@ -305,10 +308,20 @@ pub struct ToolsConfig {
     pub policy_file: Option<PathBuf>,
 }
 
+impl ToolsConfig {
+    /// The prefix the tool registry's keys start with.
+    pub fn key_prefix<'a>(&'a self, redis: &'a RedisConfig) -> &'a str {
+        self.redis_key_prefix
+            .as_deref()
+            .unwrap_or(&redis.key_prefix)
+    }
+}
+
 impl Default for ToolsConfig {
     fn default() -> Self {
         Self {
             listen: ListenConfig::loopback(50053, 9053),
+            redis_key_prefix: None,
             cache_ttl_s: Duration::from_secs(300),
             cache_max_items: 512,
             max_params: 16,

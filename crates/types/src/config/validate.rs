@@ -111,12 +111,21 @@ impl Config {
             "redis.url",
             || format!("must start with one of {}", REDIS_SCHEMES.join(", ")),
         );
-        let prefix = &self.redis.key_prefix;
-        c.check(
-            !prefix.is_empty() && !prefix.contains(|ch: char| ch == '{' || ch == '}' || ch.is_whitespace()),
-            "redis.key_prefix",
-            || "must be non-empty without braces or whitespace (braces are Redis Cluster hash tags)".to_owned(),
-        );
+        let prefixes = [
+            ("redis.key_prefix", Some(&self.redis.key_prefix)),
+            (
+                "tools.redis_key_prefix",
+                self.tools.redis_key_prefix.as_ref(),
+            ),
+        ];
+        for (path, prefix) in prefixes {
+            let Some(prefix) = prefix else { continue };
+            c.check(
+                !prefix.is_empty() && !prefix.contains(|ch: char| ch == '{' || ch == '}' || ch.is_whitespace()),
+                path,
+                || "must be non-empty without braces or whitespace (braces are Redis Cluster hash tags)".to_owned(),
+            );
+        }
         c.check(self.redis.pool_size >= 1, "redis.pool_size", || {
             "must be at least 1".to_owned()
         });
@@ -517,6 +526,9 @@ mod tests {
         let mut config = Config::default();
         config.redis.key_prefix = "a{b}".into();
         assert_eq!(issue_paths(&config), ["redis.key_prefix"]);
+        config.redis.key_prefix = "ao".into();
+        config.tools.redis_key_prefix = Some("tools here".into());
+        assert_eq!(issue_paths(&config), ["tools.redis_key_prefix"]);
     }
 
     #[test]
