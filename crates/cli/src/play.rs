@@ -89,6 +89,9 @@ fn print_reply(response: &pb::ProcessUserInputResponse, millis: f64) {
             response.degraded_reasons.join("; ")
         ));
     }
+    if response.recovered {
+        notes.push("running in full again".to_owned());
+    }
     if response.replayed {
         notes.push("replayed".to_owned());
     }

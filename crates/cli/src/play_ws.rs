@@ -169,6 +169,9 @@ fn print_notes(response: &Value, took: Duration) {
             .unwrap_or_default();
         notes.push(format!("degraded: {}", reasons.join("; ")));
     }
+    if response["recovered"] == true {
+        notes.push("running in full again".to_owned());
+    }
     if response["replayed"] == true {
         notes.push("replayed".to_owned());
     }

@@ -15,11 +15,44 @@ use tta_proto::v1 as pb;
 /// How many recent steps per agent type the figures cover.
 const WINDOW: usize = 1024;
 
-#[derive(Default)]
 struct AgentWindow {
     recent: VecDeque<(Duration, bool)>,
+    /// Failed steps among `recent`, kept as steps come and go so the rate costs nothing.
+    recent_errors: usize,
     total: u64,
     errors: u64,
+    /// `tta_gateway_agent_error_rate{agent}`: the window's error rate for dashboards and
+    /// alerts, set with every step. The handle is taken once, when the agent type first shows.
+    error_rate: metrics::Gauge,
+}
+
+impl AgentWindow {
+    fn new(agent_type: &str) -> AgentWindow {
+        AgentWindow {
+            recent: VecDeque::with_capacity(WINDOW),
+            recent_errors: 0,
+            total: 0,
+            errors: 0,
+            error_rate: metrics::gauge!("tta_gateway_agent_error_rate", "agent" => agent_type.to_owned()),
+        }
+    }
+
+    fn push(&mut self, elapsed: Duration, failed: bool) {
+        if self.recent.len() == WINDOW
+            && let Some((_, dropped_failed)) = self.recent.pop_front()
+        {
+            self.recent_errors -= usize::from(dropped_failed);
+        }
+        self.recent.push_back((elapsed, failed));
+        self.recent_errors += usize::from(failed);
+        self.total += 1;
+        self.errors += u64::from(failed);
+        self.error_rate.set(self.error_rate());
+    }
+
+    fn error_rate(&self) -> f64 {
+        self.recent_errors as f64 / self.recent.len().max(1) as f64
+    }
 }
 
 #[derive(Default)]
@@ -45,13 +78,13 @@ pub fn record_step(agent_type: &str, elapsed: Duration, outcome: pb::StepOutcome
     }
     let failed = !matches!(outcome, pb::StepOutcome::Succeeded);
     with_stats(|stats| {
-        let window = stats.agents.entry(agent_type.to_owned()).or_default();
-        if window.recent.len() == WINDOW {
-            window.recent.pop_front();
+        if let Some(window) = stats.agents.get_mut(agent_type) {
+            window.push(elapsed, failed);
+        } else {
+            let mut window = AgentWindow::new(agent_type);
+            window.push(elapsed, failed);
+            stats.agents.insert(agent_type.to_owned(), window);
         }
-        window.recent.push_back((elapsed, failed));
-        window.total += 1;
-        window.errors += u64::from(failed);
     });
 }
 
@@ -106,14 +139,13 @@ pub fn agents() -> Vec<AgentFigures> {
                     .collect();
                 millis.sort_by(f64::total_cmp);
                 let count = millis.len().max(1) as f64;
-                let failed = window.recent.iter().filter(|(_, failed)| *failed).count();
                 AgentFigures {
                     agent_type: agent_type.clone(),
                     steps: window.total,
                     p50_ms: percentile(&millis, 0.5),
                     p95_ms: percentile(&millis, 0.95),
                     avg_ms: millis.iter().sum::<f64>() / count,
-                    error_rate: failed as f64 / count,
+                    error_rate: window.error_rate(),
                     errors_total: window.errors,
                 }
             })
@@ -178,5 +210,27 @@ mod tests {
             .map(|f| (f.status, f.runs))
             .collect();
         assert_eq!(runs, [("degraded".to_owned(), 1), ("ok".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn failures_leave_the_error_rate_as_they_leave_the_window() {
+        let rate = || {
+            agents()
+                .into_iter()
+                .find(|f| f.agent_type == "stats-evict")
+                .map(|f| f.error_rate)
+        };
+        for _ in 0..WINDOW {
+            record_step("stats-evict", Duration::ZERO, pb::StepOutcome::Failed);
+        }
+        assert_eq!(rate(), Some(1.0));
+        for _ in 0..WINDOW / 4 {
+            record_step("stats-evict", Duration::ZERO, pb::StepOutcome::Succeeded);
+        }
+        assert_eq!(rate(), Some(0.75));
+        for _ in 0..WINDOW {
+            record_step("stats-evict", Duration::ZERO, pb::StepOutcome::Succeeded);
+        }
+        assert_eq!(rate(), Some(0.0));
     }
 }

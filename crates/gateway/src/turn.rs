@@ -152,6 +152,7 @@ impl TurnRunner {
             version: 0,
             last_turn_id: String::new(),
             escalated: false,
+            degraded: false,
             metadata: HashMap::new(),
         }
     }
@@ -346,6 +347,7 @@ impl TurnRunner {
                 degraded_reasons: Vec::new(),
                 world: None,
                 suggestions: Vec::new(),
+                recovered: false,
             };
             // The player's words of a crisis are not fed back into the story's context.
             return self.finish(&ongoing, session, response, false).await;
@@ -489,7 +491,7 @@ impl TurnRunner {
         &self,
         ongoing: &Ongoing<'_>,
         mut session: pb::Session,
-        response: pb::ProcessUserInputResponse,
+        mut response: pb::ProcessUserInputResponse,
         remember_input: bool,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let Ongoing {
@@ -499,6 +501,12 @@ impl TurnRunner {
             held,
             started,
         } = *ongoing;
+        // Recorded with the response, so a replay of this turn says the same. A crisis reply
+        // runs no agents: it says nothing about their health, and must not carry good news.
+        if response.workflow != CRISIS_PROTOCOL {
+            response.recovered = session.degraded && !response.degraded;
+            session.degraded = response.degraded;
+        }
         session.version = response.session_version;
         session.last_turn_id = request.turn_id.to_string();
         session.updated_at = Some(now_timestamp());
@@ -535,6 +543,10 @@ impl TurnRunner {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("tta_gateway_turns_total", "workflow" => workflow, "status" => status)
             .increment(1);
+        if response.recovered {
+            tracing::info!(session = %request.session_id, turn = %request.turn_id, "session runs in full again after a degraded turn");
+            metrics::counter!("tta_gateway_sessions_recovered_total").increment(1);
+        }
         events.narrative(&response.text);
         Ok(response)
     }
@@ -874,5 +886,6 @@ fn compose_response(
         degraded_reasons,
         world,
         suggestions,
+        recovered: false,
     }
 }

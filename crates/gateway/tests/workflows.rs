@@ -237,12 +237,22 @@ impl Harness {
         workflow: &str,
         text: &str,
     ) -> pb::ProcessUserInputResponse {
+        self.turn_as(session, "t1", workflow, text).await
+    }
+
+    async fn turn_as(
+        &mut self,
+        session: &str,
+        turn_id: &str,
+        workflow: &str,
+        text: &str,
+    ) -> pb::ProcessUserInputResponse {
         self.client
             .process_user_input(pb::ProcessUserInputRequest {
                 session_id: session.to_owned(),
                 user_id: "player-1".to_owned(),
                 text: text.to_owned(),
-                turn_id: "t1".to_owned(),
+                turn_id: turn_id.to_owned(),
                 workflow: workflow.to_owned(),
                 ..Default::default()
             })
@@ -539,6 +549,63 @@ async fn failures_are_retried_then_replaced_by_fallbacks() {
     let fixed = harness.turn("s-fixed", "fixed-words", "go on").await;
     assert_eq!(fixed.text, "You pause and breathe.");
     assert!(fixed.degraded);
+    harness.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_full_turn_after_a_degraded_one_says_service_recovered() {
+    let mut harness = Harness::start().await;
+    // Fails the session's first turn only, as an agent does while its backend is down.
+    harness.agent(
+        "moody",
+        |_| Duration::ZERO,
+        |task| {
+            if task.turn_id == "t1" {
+                Err(TaskError::Permanent("backend down".to_owned()))
+            } else {
+                Ok(custom("mood", "calm"))
+            }
+        },
+    );
+    harness.agent("nga", |_| Duration::ZERO, narrator);
+    harness
+        .register(workflow(
+            "steady",
+            vec![step("mood", "moody", &[]), step("nga", "nga", &["mood"])],
+        ))
+        .await;
+    let degraded_flag = |harness: &mut Harness| {
+        let mut client = harness.client.clone();
+        async move {
+            client
+                .get_session(pb::GetSessionRequest {
+                    session_id: "s-recover".to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .session
+                .unwrap()
+                .degraded
+        }
+    };
+
+    let down = harness.turn_as("s-recover", "t1", "steady", "look").await;
+    assert!(down.degraded && !down.recovered, "{down:?}");
+    assert!(degraded_flag(&mut harness).await);
+
+    let back = harness.turn_as("s-recover", "t2", "steady", "look").await;
+    assert!(!back.degraded, "{:?}", back.degraded_reasons);
+    assert!(back.recovered, "the first full turn says so");
+    assert!(!degraded_flag(&mut harness).await);
+
+    let steady = harness.turn_as("s-recover", "t3", "steady", "look").await;
+    assert!(!steady.recovered, "only the first full turn says so");
+    let replayed = harness.turn_as("s-recover", "t2", "steady", "look").await;
+    assert!(
+        replayed.replayed && replayed.recovered,
+        "a retry of that turn gets the same answer"
+    );
     harness.stop().await;
 }
 
@@ -1086,6 +1153,18 @@ async fn an_agent_type_that_keeps_timing_out_is_isolated_and_its_steps_fall_back
                 && line.contains("agent=\"sleepy\"")
                 && line.ends_with(" 2")),
         "the gauge shows the open circuit"
+    );
+    assert!(
+        metrics.lines().any(|line| {
+            line.starts_with("tta_gateway_agent_error_rate")
+                && line.contains("agent=\"sleepy\"")
+                && line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|value| value.parse::<f64>().ok())
+                    .is_some_and(|rate| rate > 0.0)
+        }),
+        "the error-rate gauge shows the sleepy agent's timeouts"
     );
     harness.stop().await;
 }
