@@ -215,7 +215,8 @@ pub async fn build(agent: BuiltInAgent, context: ServiceContext) -> Result<Servi
         .host_name
         .clone()
         .unwrap_or_else(tta_runtime::hosts::local_host_name);
-    let max_in_flight = subscription.prefetch;
+    // The shared topic and the instance's own each hold up to a prefetch of tasks.
+    let max_in_flight = subscription.prefetch.saturating_mul(2);
     let stats = worker.stats();
 
     let (paused, pause_gate) = watch::channel(false);

@@ -176,7 +176,7 @@ pub struct Advertised {
     pub host: String,
     /// Whether it has stopped taking tasks (its host is critical); shown as DRAINING.
     pub paused: tokio::sync::watch::Receiver<bool>,
-    /// Most tasks it runs at once per topic (its prefetch); the scale of its `load`.
+    /// Most tasks it runs at once (the prefetch of its two topics); the scale of its `load`.
     pub max_in_flight: u32,
     /// The figures its handlers record, reported with every beat.
     pub stats: Arc<TaskStats>,

@@ -165,20 +165,16 @@ impl Dispatcher {
     }
 
     /// The topic of one live, ready instance of `agent_type` that advertises every one of
-    /// `capabilities` (the least loaded, ties at random); `None` when there is none.
+    /// `capabilities`, chosen by [`less_busy_of_two`]; `None` when there is none.
     pub async fn capable_topic(
         &self,
         agent_type: &str,
         capabilities: &[String],
     ) -> Result<Option<String>, crate::error::Error> {
         let agents = self.store.agents().await?;
-        let mut candidates: Vec<(&pb::AgentInfo, &str)> =
+        let candidates: Vec<(&pb::AgentInfo, &str)> =
             tta_runtime::agents::capable(&agents, agent_type, capabilities).collect();
-        fastrand::shuffle(&mut candidates);
-        Ok(candidates
-            .into_iter()
-            .min_by(|(a, _), (b, _)| a.load.total_cmp(&b.load))
-            .map(|(_, topic)| topic.to_owned()))
+        Ok(less_busy_of_two(&candidates, &mut fastrand::Rng::new()).map(str::to_owned))
     }
 
     /// Publishes `task` to its agent type's topic and waits up to `timeout` for its result.
@@ -334,6 +330,33 @@ impl Dispatcher {
     }
 }
 
+/// Of two candidates drawn at random, the less busy one. Loads are read from heartbeats
+/// seconds apart: always taking the least loaded would send every step of every gateway to the
+/// same instance until the next beat, while two random choices spread the work and still keep
+/// it off the busiest.
+fn less_busy_of_two<'a>(
+    candidates: &[(&pb::AgentInfo, &'a str)],
+    rng: &mut fastrand::Rng,
+) -> Option<&'a str> {
+    let (first, second) = match candidates.len() {
+        0 => return None,
+        1 => (0, 0),
+        count => {
+            let first = rng.usize(..count);
+            // Two different ones, so the busiest of several is never the pick.
+            let second = rng.usize(..count - 1);
+            (first, second + usize::from(second >= first))
+        }
+    };
+    let busyness = |index: usize| tta_runtime::agents::busyness(candidates[index].0);
+    let chosen = if busyness(second) < busyness(first) {
+        second
+    } else {
+        first
+    };
+    Some(candidates[chosen].1)
+}
+
 /// The run-record entries of an answer, by step id: each step's record holds its own result,
 /// the chained ones theirs (`payload` is the answer as delivered).
 fn step_records(mut answer: pb::AgentResult, payload: &[u8]) -> Vec<(String, Vec<u8>)> {
@@ -353,6 +376,39 @@ fn step_records(mut answer: pb::AgentResult, payload: &[u8]) -> Vec<(String, Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_spread_over_the_less_busy_instances_and_never_reach_the_busiest() {
+        let instance = |load: f64, in_flight: u32| pb::AgentInfo {
+            load,
+            in_flight,
+            max_in_flight: 8,
+            ..Default::default()
+        };
+        // Busy by finished work, idle, and idle by load but with every slot taken.
+        let (busy, idle, stuck) = (instance(0.9, 0), instance(0.0, 0), instance(0.0, 8));
+        let quiet = instance(0.1, 1);
+        let candidates = [
+            (&busy, "busy"),
+            (&idle, "idle"),
+            (&stuck, "stuck"),
+            (&quiet, "quiet"),
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut picked = std::collections::HashMap::new();
+        for _ in 0..400 {
+            let topic = less_busy_of_two(&candidates, &mut rng).unwrap();
+            *picked.entry(topic).or_insert(0) += 1;
+        }
+        assert!(!picked.contains_key("stuck"), "{picked:?}");
+        assert!(picked["idle"] > picked["quiet"], "{picked:?}");
+        assert!(
+            picked["quiet"] > 0 && picked.get("busy").copied().unwrap_or(0) > 0,
+            "not every step goes to the idlest: {picked:?}"
+        );
+        assert_eq!(less_busy_of_two(&candidates[..1], &mut rng), Some("busy"));
+        assert_eq!(less_busy_of_two(&[], &mut rng), None);
+    }
 
     fn result(step: &str) -> pb::AgentResult {
         pb::AgentResult {

@@ -15,7 +15,8 @@ use tonic::{Request, Response, Status};
 use tta_proto::v1::{self as pb, orchestrator_server::Orchestrator};
 use tta_safety::TherapeuticSettings;
 use tta_types::{
-    Config, FieldViolation, Priority, SessionId, TurnId, UserId, convert::priority_from_proto,
+    AgentType, Config, FieldViolation, Priority, SessionId, TurnId, UserId,
+    convert::priority_from_proto,
 };
 
 use crate::{
@@ -205,7 +206,12 @@ fn check_metadata(metadata: &HashMap<String, String>) -> Result<(), FieldViolati
 fn world_is_served(world_id: &str, agents: &[pb::AgentInfo]) -> bool {
     let mut told = agents
         .iter()
-        .filter(|agent| agent.id.as_ref().is_some_and(|id| id.agent_type == "wba"))
+        .filter(|agent| {
+            agent
+                .id
+                .as_ref()
+                .is_some_and(|id| id.agent_type == AgentType::Wba.as_str())
+        })
         .filter_map(|wba| wba.labels.get(tta_runtime::agents::WORLDS_LABEL))
         .peekable();
     told.peek().is_none()
@@ -239,8 +245,6 @@ pub struct StartedTurn {
 }
 
 impl OrchestratorService {
-    /// Steps naming an agent type no live worker serves (R8.1: such a step falls back at run
-    /// time). Informational: an unreadable registry yields no warnings, not an error.
     /// The world as the session's last turn left it, from that turn's recorded response. The
     /// WBA owns the state; the gateway only keeps what the WBA last said about it.
     async fn last_world(&self, session: &pb::Session) -> Result<Option<pb::WorldSummary>, Error> {
@@ -255,6 +259,8 @@ impl OrchestratorService {
         Ok(response.and_then(|response| response.world))
     }
 
+    /// Steps naming an agent type no live worker serves (R8.1: such a step falls back at run
+    /// time). Informational: an unreadable registry yields no warnings, not an error.
     async fn live_agent_warnings(
         &self,
         workflow: &crate::workflow::definition::Workflow,
@@ -335,7 +341,7 @@ impl Orchestrator for OrchestratorService {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let request = request.into_inner();
+        let mut request = request.into_inner();
         let user_id = UserId::parse_field("user_id", &request.user_id)?;
         let session_id = if request.session_id.is_empty() {
             SessionId::generate()
@@ -347,48 +353,59 @@ impl Orchestrator for OrchestratorService {
                 FieldViolation::new("character_name", "must be at most 64 characters").into(),
             );
         }
-        if let Some(settings) = &request.settings {
+        if let Some(settings) = &mut request.settings {
             TherapeuticSettings::from_proto("settings", settings)?;
+            settings.goals = tta_safety::parse_goals("settings", &settings.goals)?;
         }
         check_metadata(&request.metadata)?;
         if !request.world_id.is_empty() {
             check_world_id(&request.world_id)?;
         }
         let store = self.turns.store();
-        if !request.world_id.is_empty()
-            && !world_is_served(&request.world_id, &store.agents().await?)
-        {
-            return Err(Error::NotFound(format!(
-                "world_id: no world {:?} is loaded by any WBA",
-                request.world_id
+        // A repeat is answered with the stored session before the world is looked at: the
+        // session exists whatever the WBAs serve now.
+        let (session, created) = match store.load_session(session_id.as_str()).await? {
+            Some(existing) => (existing, false),
+            None => {
+                if !request.world_id.is_empty()
+                    && !world_is_served(&request.world_id, &store.agents().await?)
+                {
+                    return Err(Error::NotFound(format!(
+                        "world_id: no world {:?} is loaded by any WBA",
+                        request.world_id
+                    ))
+                    .into());
+                }
+                let mut session = self.turns.new_session(&session_id, &user_id);
+                session.character_name = request.character_name;
+                if !request.world_id.is_empty() {
+                    session.world_id = request.world_id;
+                }
+                if let Some(settings) = request.settings {
+                    session.settings = Some(settings);
+                }
+                session.metadata = request.metadata;
+                if store.create_session(&session).await? {
+                    (session, true)
+                } else {
+                    // Created by a concurrent request meanwhile.
+                    let existing =
+                        store
+                            .load_session(session_id.as_str())
+                            .await?
+                            .ok_or_else(|| {
+                                Error::Internal("session vanished while being created".into())
+                            })?;
+                    (existing, false)
+                }
+            }
+        };
+        if session.user_id != user_id.as_str() {
+            return Err(Error::AlreadyExists(format!(
+                "session_id: session {session_id} belongs to another user"
             ))
             .into());
         }
-        let mut session = self.turns.new_session(&session_id, &user_id);
-        session.character_name = request.character_name;
-        if !request.world_id.is_empty() {
-            session.world_id = request.world_id;
-        }
-        if let Some(settings) = request.settings {
-            session.settings = Some(settings);
-        }
-        session.metadata = request.metadata;
-        let created = store.create_session(&session).await?;
-        let session = if created {
-            session
-        } else {
-            let existing = store
-                .load_session(session_id.as_str())
-                .await?
-                .ok_or_else(|| Error::Internal("session vanished while being created".into()))?;
-            if existing.user_id != user_id.as_str() {
-                return Err(Error::AlreadyExists(format!(
-                    "session_id: session {session_id} belongs to another user"
-                ))
-                .into());
-            }
-            existing
-        };
         let world = self.last_world(&session).await?;
         Ok(Response::new(pb::CreateSessionResponse {
             session: Some(session),

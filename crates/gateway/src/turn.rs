@@ -504,8 +504,9 @@ impl TurnRunner {
         // Recorded with the response, so a replay of this turn says the same. A crisis reply
         // runs no agents: it says nothing about their health, and must not carry good news.
         if response.workflow != CRISIS_PROTOCOL {
-            response.recovered = session.degraded && !response.degraded;
-            session.degraded = response.degraded;
+            let faltered = steps_faltered(&response.timings);
+            response.recovered = session.degraded && !faltered;
+            session.degraded = faltered;
         }
         session.version = response.session_version;
         session.last_turn_id = request.turn_id.to_string();
@@ -887,5 +888,44 @@ fn compose_response(
         world,
         suggestions,
         recovered: false,
+    }
+}
+/// Whether the service fell short in this turn: a step failed, timed out or was replaced by
+/// its fallback. A reply the safety check held back is degraded too, but says nothing about
+/// the service, so it neither starts nor ends an outage for the player.
+fn steps_faltered(timings: &[pb::StepTiming]) -> bool {
+    timings.iter().any(|timing| {
+        matches!(
+            pb::StepOutcome::try_from(timing.outcome),
+            Ok(pb::StepOutcome::Failed | pb::StepOutcome::TimedOut | pb::StepOutcome::Fallback)
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timings(outcomes: &[pb::StepOutcome]) -> Vec<pb::StepTiming> {
+        outcomes
+            .iter()
+            .map(|outcome| pb::StepTiming {
+                outcome: *outcome as i32,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_failed_late_or_replaced_steps_count_as_the_service_faltering() {
+        use pb::StepOutcome::*;
+        assert!(!steps_faltered(&timings(&[Succeeded, Skipped, Succeeded])));
+        assert!(!steps_faltered(&[]), "a crisis reply runs no steps");
+        for faltered in [Failed, TimedOut, Fallback] {
+            assert!(
+                steps_faltered(&timings(&[Succeeded, faltered])),
+                "{faltered:?}"
+            );
+        }
     }
 }

@@ -262,6 +262,17 @@ async fn a_world_that_no_wba_serves_is_not_found() {
         refused(&mut client, in_world("walk-2", "far-meadow"), "world_id").await,
         Code::NotFound
     );
+    // A repeat is answered with the stored session, whatever the WBAs serve now.
+    let repeat = client
+        .create_session(in_world("walk-1", "far-meadow"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!repeat.created);
+    assert_eq!(
+        refused(&mut client, create("player-2", "walk-1"), "session_id").await,
+        Code::AlreadyExists
+    );
     let served = client
         .create_session(in_world("walk-3", "quiet-garden"))
         .await

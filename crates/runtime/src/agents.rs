@@ -120,6 +120,18 @@ pub fn capable<'a>(
     })
 }
 
+/// How busy an instance says it is, 0.0 to 1.0: the larger of its average `load` since its
+/// previous beat and the share of its slots taken at the beat. `load` only counts finished
+/// work, so an instance stuck on long tasks would otherwise look idle.
+pub fn busyness(info: &pb::AgentInfo) -> f64 {
+    let taken = if info.max_in_flight == 0 {
+        0.0
+    } else {
+        f64::from(info.in_flight) / f64::from(info.max_in_flight)
+    };
+    info.load.max(taken).clamp(0.0, 1.0)
+}
+
 fn member(agent_type: &str, instance: &str) -> String {
     format!("{agent_type}:{instance}")
 }

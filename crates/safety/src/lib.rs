@@ -34,5 +34,5 @@ pub mod verdict;
 pub use engine::{DEFAULT_RULES, SafetyEngine};
 pub use error::{Error, RuleIssue, RuleIssues};
 pub use reload::SharedEngine;
-pub use settings::{Intensity, SessionPolicy, TherapeuticSettings};
+pub use settings::{Intensity, SessionPolicy, TherapeuticSettings, parse_goals};
 pub use verdict::{Action, Assessment, Finding, Level, Source};

@@ -37,8 +37,6 @@ pub struct TherapeuticSettings {
     pub avoid_topics: Vec<String>,
     /// BCP 47 tag; empty means the default locale.
     pub locale: String,
-    /// The session's therapeutic goals in plain words, trimmed, for the agents to keep in view.
-    pub goals: Vec<String>,
 }
 
 /// A plausible BCP 47 tag: a 2-8 letter language and optional 1-8 character subtags.
@@ -103,17 +101,19 @@ impl TherapeuticSettings {
             )
             .within(field));
         }
-        let goals = parse_goals(field, &raw.goals)?;
         Ok(Self {
             intensity,
             avoid_topics,
             locale: raw.locale.clone(),
-            goals,
         })
     }
 }
 
-fn parse_goals(field: &str, raw: &[String]) -> Result<Vec<String>, FieldViolation> {
+/// A session's therapeutic goals, trimmed, checked against the contract's limits when the
+/// session is created. They guide the agents and play no part in the safety verdict, so the
+/// policy of every turn ([`TherapeuticSettings::from_proto`]) does not read them: a goal
+/// stored before a limit existed must not cost a session its avoided topics.
+pub fn parse_goals(field: &str, raw: &[String]) -> Result<Vec<String>, FieldViolation> {
     if raw.len() > MAX_GOALS {
         return Err(FieldViolation::new(
             "goals",
@@ -278,18 +278,11 @@ mod tests {
 
     #[test]
     fn goals_are_trimmed_and_held_to_the_contracts_limits() {
-        let goals = |goals: Vec<String>| {
-            TherapeuticSettings::from_proto(
-                "settings",
-                &pb::TherapeuticSettings {
-                    goals,
-                    ..Default::default()
-                },
-            )
-        };
-        let kept = goals(vec!["  practise self-compassion ".into()]).unwrap();
-        assert_eq!(kept.goals, ["practise self-compassion"]);
-
+        let goals = |goals: Vec<String>| parse_goals("settings", &goals);
+        assert_eq!(
+            goals(vec!["  practise self-compassion ".into()]).unwrap(),
+            ["practise self-compassion"]
+        );
         let field_of = |raw: Vec<String>| goals(raw).unwrap_err().field;
         assert_eq!(field_of(vec!["x".into(); MAX_GOALS + 1]), "settings.goals");
         assert_eq!(
@@ -301,5 +294,16 @@ mod tests {
             "settings.goals[0]"
         );
         assert!(goals(vec!["g".repeat(MAX_GOAL_BYTES); MAX_GOALS]).is_ok());
+        // A stored record with goals past today's limits keeps its safety settings.
+        let settings = TherapeuticSettings::from_proto(
+            "settings",
+            &pb::TherapeuticSettings {
+                avoid_topics: vec!["drowning".into()],
+                goals: vec![String::new(); MAX_GOALS + 1],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(settings.avoid_topics, ["drowning"]);
     }
 }

@@ -297,7 +297,6 @@ fn avoided_topics_block_agent_output_but_not_the_players_own_words() {
         intensity: Intensity::High,
         avoid_topics: vec!["family_loss".into(), "lighthouses".into()],
         locale: String::new(),
-        goals: Vec::new(),
     });
     let verdict = engine.assess(
         "The old keeper says your mother died in the storm.",

@@ -150,6 +150,9 @@ impl BenchRegistry {
             &[
                 ("TTA_REDIS_URL", redis_url.to_owned()),
                 ("TTA_REDIS__KEY_PREFIX", prefix.to_owned()),
+                // Also the registry's own prefix: one inherited from the shell would hide the
+                // keys from the raw baseline.
+                ("TTA_TOOLS__REDIS_KEY_PREFIX", prefix.to_owned()),
                 ("TTA_TOOLS__CACHE_TTL_S", ttl.to_owned()),
                 ("TTA_TELEMETRY__LOG_LEVEL", "warn".to_owned()),
             ],
