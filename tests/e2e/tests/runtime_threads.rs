@@ -20,6 +20,8 @@ async fn reported_workers(admin: SocketAddr) -> anyhow::Result<usize> {
 
 async fn threads_with(setting: Option<&str>, redis: &RedisServer) -> anyhow::Result<usize> {
     let admin: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    // Never the default gRPC port: a stack or another test may hold it.
+    let grpc: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
     let mut env = vec![
         ("TTA_REDIS_URL", redis.url()),
         ("TTA_REDIS__KEY_PREFIX", unique_prefix("threads")),
@@ -29,7 +31,12 @@ async fn threads_with(setting: Option<&str>, redis: &RedisServer) -> anyhow::Res
     }
     let mut process = ServiceProcess::spawn(
         "tta-resource-monitor",
-        &["--admin-addr".to_owned(), admin.to_string()],
+        &[
+            "--admin-addr".to_owned(),
+            admin.to_string(),
+            "--grpc-addr".to_owned(),
+            grpc.to_string(),
+        ],
         &env,
     )?;
     process.wait_ready(admin, Duration::from_secs(20)).await?;
