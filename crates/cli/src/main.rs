@@ -10,6 +10,7 @@ mod play;
 mod play_ws;
 mod safety;
 mod tools;
+mod workflows;
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -19,8 +20,8 @@ use tta_runtime::service::{EXIT_CONFIG, EXIT_FAILURE};
 #[global_allocator]
 static ALLOCATOR: tta_runtime::Allocator = tta_runtime::Allocator;
 
-/// Command line of the TTA orchestrator: play turns, check safety, operate and benchmark the
-/// services.
+/// Command line of the TTA orchestrator: play turns, check safety, manage workflows, operate and
+/// benchmark the services.
 ///
 /// Service addresses come from the same configuration as the services: built-in defaults, the
 /// YAML file (--config or TTA_CONFIG) and TTA_* environment variables.
@@ -83,6 +84,13 @@ enum Command {
         #[command(subcommand)]
         command: tools::ToolsCommand,
     },
+    /// List, show or register the gateway's workflows, as the YAML of `gateway.workflows_file`.
+    Workflows {
+        #[command(flatten)]
+        target: workflows::WorkflowsTarget,
+        #[command(subcommand)]
+        command: workflows::WorkflowsCommand,
+    },
     /// Run a benchmark; each prints a baseline measured in the same run and the ratio.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -112,6 +120,9 @@ fn main() -> ExitCode {
         }
         Command::Escalations(command) => run_async(safety::run_escalations(cli.config, command)),
         Command::Tools { target, command } => run_async(tools::run(cli.config, target, command)),
+        Command::Workflows { target, command } => {
+            run_async(workflows::run(cli.config, target, command))
+        }
         Command::Bench(command) => run_async(bench::run(command)),
     }
 }

@@ -53,8 +53,17 @@ async fn client(
     config: &ConfigArgs,
     target: &GatewayTarget,
 ) -> Result<OrchestratorClient<Channel>, ExitCode> {
-    let endpoint = match &target.gateway {
-        Some(endpoint) => endpoint.clone(),
+    gateway_client(config, target.gateway.as_deref())
+}
+
+/// A client of the gateway at `endpoint`, or at `gateway.listen.grpc` from the configuration;
+/// prints why there is none and returns the exit code.
+pub fn gateway_client(
+    config: &ConfigArgs,
+    endpoint: Option<&str>,
+) -> Result<OrchestratorClient<Channel>, ExitCode> {
+    let endpoint = match endpoint {
+        Some(endpoint) => endpoint.to_owned(),
         None => match tta_runtime::config::load(config, |_| {}) {
             Ok(config) => endpoint_url(config.gateway.listen.grpc),
             Err(err) => {
