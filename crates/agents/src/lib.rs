@@ -313,9 +313,11 @@ mod tests {
 
     /// The background tasks `build` gives `agent` under `config`, without running them.
     async fn tasks(agent: BuiltInAgent, config: Config) -> Vec<&'static str> {
+        let config = Arc::new(config);
         let context = ServiceContext {
             kind: ServiceKind::Agent(agent),
-            config: Arc::new(config),
+            config_changes: tokio::sync::watch::channel(config.clone()).1,
+            config,
             shutdown: Shutdown::new(),
             readiness: Readiness::new(),
             metrics: tta_runtime::metrics::install("tta-agents-test").unwrap(),

@@ -213,6 +213,11 @@ impl AlertEngine {
     }
 
     /// Judges one round of readings; values no longer read (a GPU gone) resolve.
+    /// Judges later readings by `policy`; what each alert has seen so far stays.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
     pub fn evaluate(
         &mut self,
         readings: &[Reading],

@@ -79,8 +79,33 @@ pub async fn build_with_probe(
         .add_service(ResourceMonitorServer::new(service))
         .advertise(service_names::RESOURCE_MONITOR);
     let shutdown = context.shutdown.clone();
+    let follower = monitor.clone();
+    let mut changes = context.config_changes.clone();
+    let follow_shutdown = context.shutdown.clone();
     Ok(ServiceParts::default()
         .with_grpc(grpc)
+        .with_task("apply-config", async move {
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            // No more changes can come; nothing else to do until shutdown.
+                            follow_shutdown.wait().await;
+                            break;
+                        }
+                    }
+                    () = follow_shutdown.wait() => break,
+                }
+                let config = changes.borrow_and_update().clone();
+                tracing::info!(
+                    cpu_warn = config.monitoring.cpu_warn,
+                    mem_warn = config.monitoring.mem_warn,
+                    "alert thresholds and resource limits updated"
+                );
+                follower.apply(config);
+            }
+            Ok(())
+        })
         .with_task("sample-host", async move {
             let mut tick = tokio::time::interval(config.monitoring.metrics_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

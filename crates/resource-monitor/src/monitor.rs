@@ -7,6 +7,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tta_proto::v1 as pb;
 use tta_types::Config;
@@ -27,7 +28,9 @@ struct State {
 
 #[derive(Debug)]
 pub struct Monitor {
-    config: Arc<Config>,
+    /// Swapped whole when the configuration file changes: thresholds and limits apply from the
+    /// next tick, while the alerts keep their state.
+    config: ArcSwap<Config>,
     host: String,
     sampler: Mutex<HostSampler>,
     state: Mutex<State>,
@@ -54,7 +57,7 @@ impl Monitor {
         }));
         let policy = alerts::Policy::from(&config.monitoring);
         Arc::new(Self {
-            config,
+            config: ArcSwap::new(config),
             host,
             sampler: Mutex::new(sampler),
             state: Mutex::new(State {
@@ -69,8 +72,18 @@ impl Monitor {
         &self.host
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Applies a new configuration from the next tick on: alert thresholds, their sustain,
+    /// hysteresis and cooldown, and the resource limits. Open alerts stay open until the new
+    /// thresholds clear them.
+    pub fn apply(&self, config: Arc<Config>) {
+        lock(&self.state)
+            .alerts
+            .set_policy(alerts::Policy::from(&config.monitoring));
+        self.config.store(config);
     }
 
     /// The snapshot of the last sampling tick.
@@ -108,7 +121,8 @@ impl Monitor {
     pub async fn tick(self: &Arc<Self>) -> Result<Vec<Transition>, Error> {
         let started = Instant::now();
         let mut snapshot = self.read_host().await?;
-        let readings = alerts::readings(&snapshot, &self.config.monitoring, &self.config.resources);
+        let config = self.config.load();
+        let readings = alerts::readings(&snapshot, &config.monitoring, &config.resources);
         let now = SystemTime::now();
         let (transitions, reserved, capacity) = {
             let mut state = lock(&self.state);
@@ -123,7 +137,7 @@ impl Monitor {
             (
                 transitions,
                 state.ledger.totals(),
-                capacity_of(&self.config, &snapshot),
+                capacity_of(&config, &snapshot),
             )
         };
         for transition in &transitions {
@@ -163,7 +177,7 @@ impl Monitor {
     }
 
     pub fn capacity(&self) -> Capacity {
-        capacity_of(&self.config, &self.latest())
+        capacity_of(&self.config.load(), &self.latest())
     }
 
     pub fn reserve(&self, request: Request) -> Result<pb::Reservation, Error> {

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod agents;
 pub mod breaker;
 pub mod config;
+pub mod config_watch;
 pub mod grpc;
 pub mod hosts;
 pub mod messaging;

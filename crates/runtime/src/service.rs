@@ -191,6 +191,9 @@ pub struct ServiceArgs {
 pub struct ServiceContext {
     pub kind: ServiceKind,
     pub config: Arc<Config>,
+    /// Each valid new version of the configuration file while the service runs
+    /// ([`crate::config_watch`]), for the parts that apply settings live; starts at `config`.
+    pub config_changes: tokio::sync::watch::Receiver<Arc<Config>>,
     pub shutdown: Shutdown,
     pub readiness: Readiness,
     pub metrics: PrometheusHandle,
@@ -251,6 +254,8 @@ pub struct RunningService {
     pub admin_addr: SocketAddr,
     pub shutdown: Shutdown,
     pub readiness: Readiness,
+    /// Hands the running parts a new configuration (what the file follower sends, or a test).
+    pub config_updates: tokio::sync::watch::Sender<Arc<Config>>,
     tasks: JoinSet<(&'static str, Result<(), BoxError>)>,
 }
 
@@ -348,9 +353,12 @@ where
     metrics::gauge!("tta_runtime_worker_threads")
         .set(tokio::runtime::Handle::current().metrics().num_workers() as f64);
     let readiness = Readiness::new();
+    let config = Arc::new(config);
+    let (config_updates, config_changes) = tokio::sync::watch::channel(config.clone());
     let context = ServiceContext {
         kind,
-        config: Arc::new(config),
+        config,
+        config_changes,
         shutdown: shutdown.clone(),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
@@ -403,6 +411,7 @@ where
         admin_addr,
         shutdown,
         readiness,
+        config_updates,
         tasks,
     })
 }
@@ -451,13 +460,32 @@ where
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    runtime.block_on(run_until_signal(kind, config, build))
+    let file = args.config.config.clone();
+    let reload = move || {
+        config::load(&args.config, |config| {
+            kind.set_addrs(config, args.grpc_addr, args.admin_addr)
+        })
+    };
+    runtime.block_on(run_until_signal(
+        kind,
+        config,
+        file.map(|file| (file, reload)),
+        build,
+    ))
 }
 
-async fn run_until_signal<F, Fut>(kind: ServiceKind, config: Config, build: F) -> ExitCode
+/// `follow` names the configuration file and how to load it again, so changes reach the
+/// running service (none when it started from defaults and the environment alone).
+async fn run_until_signal<F, Fut, L>(
+    kind: ServiceKind,
+    config: Config,
+    follow: Option<(std::path::PathBuf, L)>,
+    build: F,
+) -> ExitCode
 where
     F: FnOnce(ServiceContext) -> Fut,
     Fut: Future<Output = Result<ServiceParts, BoxError>>,
+    L: Fn() -> Result<Config, config::Error> + Send + 'static,
 {
     let telemetry = match telemetry::init(kind.name(), &config.telemetry) {
         Ok(guard) => guard,
@@ -489,6 +517,15 @@ where
         }
     };
 
+    if let Some((file, load)) = follow {
+        tokio::spawn(crate::config_watch::follow_file(
+            file,
+            crate::config_watch::POLL_INTERVAL,
+            load,
+            running.config_updates.clone(),
+            shutdown.clone(),
+        ));
+    }
     let watcher = {
         let shutdown = shutdown.clone();
         let readiness = running.readiness.clone();
