@@ -5,36 +5,37 @@
 //! registry with heartbeat ages, hosts and status; `GET /tools`: the shared tools, their usage
 //! and the tool policy, read from the tool registry.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde_json::{Value, json};
 use tta_proto::v1 as pb;
 use tta_runtime::{Readiness, ServiceContext};
-use tta_types::Config;
 
-use crate::{capacity::Capacity, store::Store};
+use crate::{capacity::Capacity, live::LiveConfig, store::Store};
 
 #[derive(Debug, Clone)]
 struct DiagnosticsState {
     started: Instant,
-    config: Arc<Config>,
+    config: LiveConfig,
     readiness: Readiness,
     store: Store,
     capacity: Capacity,
 }
 
-pub fn routes(context: &ServiceContext, store: Store, capacity: Capacity) -> Router {
+pub fn routes(
+    context: &ServiceContext,
+    config: LiveConfig,
+    store: Store,
+    capacity: Capacity,
+) -> Router {
     Router::new()
         .route("/diagnostics", get(diagnostics))
         .route("/agents", get(agents))
         .route("/tools", get(tools))
         .with_state(DiagnosticsState {
             started: Instant::now(),
-            config: context.config.clone(),
+            config,
             readiness: context.readiness.clone(),
             store,
             capacity,
@@ -44,7 +45,7 @@ pub fn routes(context: &ServiceContext, store: Store, capacity: Capacity) -> Rou
 /// `GET /tools`: the tool registry's tools, usage summary, recommendations and (redacted)
 /// policy, as JSON. 503 when the registry does not answer.
 async fn tools(State(state): State<DiagnosticsState>) -> (StatusCode, Json<Value>) {
-    let endpoint = state.config.gateway.tool_registry_endpoint.clone();
+    let endpoint = state.config.now().gateway.tool_registry_endpoint.clone();
     match crate::tool_diagnostics::snapshot(&endpoint).await {
         Ok(snapshot) => (StatusCode::OK, Json(snapshot)),
         Err(err) => (
@@ -120,7 +121,7 @@ fn agent_stats(stats: &pb::AgentStats) -> Value {
 
 async fn diagnostics(State(state): State<DiagnosticsState>) -> Json<Value> {
     let readiness = state.readiness.report().await;
-    let config = &state.config;
+    let config = state.config.now();
     Json(json!({
         "service": "tta-gateway",
         "version": env!("CARGO_PKG_VERSION"),

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod guard;
+pub mod live;
 pub mod orchestrator;
 pub mod safety;
 pub mod stats;
@@ -177,15 +178,16 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     let safety = safety::SafetyService::new(guard.clone(), store.clone());
     let agents =
         agent_registry::AgentRegistryService::new(store.clone(), config.agents.heartbeat_ttl);
+    let live = live::LiveConfig::new(config.clone());
     let turns = turn::TurnRunner::new(
-        config.clone(),
+        live.clone(),
         store,
         dispatcher.clone(),
         guard.clone(),
         workflows.clone(),
         instance.clone(),
     );
-    let service = orchestrator::OrchestratorService::new(config.clone(), turns, capacity.clone());
+    let service = orchestrator::OrchestratorService::new(live.clone(), turns, capacity.clone());
 
     let grpc = GrpcServer::new(context.kind.name())
         .add_service(OrchestratorServer::new(service.clone()))
@@ -198,7 +200,12 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
     );
     let mut admin = websocket.routes();
     if config.diagnostics.enabled {
-        admin = admin.merge(diagnostics::routes(&context, registry, capacity));
+        admin = admin.merge(diagnostics::routes(
+            &context,
+            live.clone(),
+            registry,
+            capacity,
+        ));
     }
     let mut parts = ServiceParts::default()
         .with_grpc(grpc)
@@ -206,6 +213,11 @@ pub async fn build(context: ServiceContext) -> Result<ServiceParts, BoxError> {
         .with_task("websocket", websocket.drain().map(Ok));
     let shutdown = context.shutdown.clone();
     parts = parts.with_task("capacity", poller.run(shutdown.clone()).map(Ok));
+    parts = parts.with_task(
+        "apply-config",
+        live.follow(context.config_changes.clone(), shutdown.clone())
+            .map(Ok),
+    );
     let handler = dispatcher.result_handler();
     if let Some(webhook) = config.safety.webhook.clone() {
         let store = tta_safety::escalation::EscalationStore::new(safety_pool, &keys);

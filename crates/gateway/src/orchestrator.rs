@@ -5,7 +5,6 @@
 use std::{
     collections::HashMap,
     pin::Pin,
-    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -15,14 +14,14 @@ use tonic::{Request, Response, Status};
 use tta_proto::v1::{self as pb, orchestrator_server::Orchestrator};
 use tta_safety::TherapeuticSettings;
 use tta_types::{
-    AgentType, Config, FieldViolation, Priority, SessionId, TurnId, UserId,
-    convert::priority_from_proto,
+    AgentType, FieldViolation, Priority, SessionId, TurnId, UserId, convert::priority_from_proto,
 };
 
 use crate::{
     capacity::Capacity,
     error::Error,
     events::{self, EventSink},
+    live::LiveConfig,
     turn::{TurnRequest, TurnRunner},
 };
 
@@ -35,13 +34,13 @@ const MAX_END_REASON_BYTES: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorService {
-    config: Arc<Config>,
+    config: LiveConfig,
     turns: TurnRunner,
     capacity: Capacity,
 }
 
 impl OrchestratorService {
-    pub fn new(config: Arc<Config>, turns: TurnRunner, capacity: Capacity) -> Self {
+    pub fn new(config: LiveConfig, turns: TurnRunner, capacity: Capacity) -> Self {
         Self {
             config,
             turns,
@@ -144,7 +143,7 @@ impl OrchestratorService {
             return Err(FieldViolation::new("text", "must not be empty"));
         }
         let length = request.text.chars().count();
-        let limit = self.config.gateway.max_input_chars;
+        let limit = self.config.now().gateway.max_input_chars;
         if length > limit {
             return Err(FieldViolation::new(
                 "text",

@@ -22,13 +22,14 @@ use std::{
 
 use tta_proto::v1 as pb;
 use tta_safety::{Source, escalation::EscalationReason, verdict::truncate_on_char_boundary};
-use tta_types::{Config, SessionId, TurnId, UserId};
+use tta_types::{SessionId, TurnId, UserId};
 
 use crate::{
     dispatch::{DispatchError, Dispatcher, HeldResults},
     error::Error,
     events::EventSink,
     guard::{Occasion, SafetyGuard},
+    live::LiveConfig,
     stats,
     store::{Store, TurnState},
     workflow::{
@@ -77,7 +78,7 @@ struct Ongoing<'a> {
 
 #[derive(Debug, Clone)]
 pub struct TurnRunner {
-    config: Arc<Config>,
+    config: LiveConfig,
     store: Store,
     dispatcher: Dispatcher,
     guard: SafetyGuard,
@@ -103,7 +104,7 @@ fn run_id(session: &SessionId, turn: &TurnId) -> String {
 
 impl TurnRunner {
     pub fn new(
-        config: Arc<Config>,
+        config: LiveConfig,
         store: Store,
         dispatcher: Dispatcher,
         guard: SafetyGuard,
@@ -137,7 +138,7 @@ impl TurnRunner {
             session_id: session_id.to_string(),
             user_id: user_id.to_string(),
             character_name: String::new(),
-            world_id: self.config.gateway.default_world.clone(),
+            world_id: self.config.now().gateway.default_world.clone(),
             settings: Some(pb::TherapeuticSettings {
                 intensity: pb::TherapeuticIntensity::Medium as i32,
                 avoid_topics: Vec::new(),
@@ -164,14 +165,14 @@ impl TurnRunner {
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let session_key = request.session_id.as_str();
-        let budget = self.config.gateway.turn_timeout;
+        let budget = self.config.now().gateway.turn_timeout;
         let token = crate::store::LockToken {
             replica: self.instance.clone(),
             incarnation: self.incarnation.clone(),
             turn: request.turn_id.to_string(),
             attempt: self.attempts.fetch_add(1, Ordering::Relaxed),
         };
-        let window = self.config.gateway.history_window;
+        let window = self.config.now().gateway.history_window;
         // When routing does not look at the session, the workflow is known before the session
         // is read, and a new turn claims it together with taking the lock.
         let routed = if request.workflow.is_empty() {
@@ -250,7 +251,11 @@ impl TurnRunner {
             Some(state) => state,
             None => {
                 self.store
-                    .load_turn(session_key, turn_key, self.config.gateway.history_window)
+                    .load_turn(
+                        session_key,
+                        turn_key,
+                        self.config.now().gateway.history_window,
+                    )
                     .await?
             }
         };
@@ -374,7 +379,10 @@ impl TurnRunner {
             .filter(|result| result.status == pb::AgentResultStatus::Succeeded as i32)
             .map(|result| (result.step_id.clone(), result))
             .collect();
-        let deadline = started + workflow.total_timeout.min(self.config.gateway.turn_timeout);
+        let deadline = started
+            + workflow
+                .total_timeout
+                .min(self.config.now().gateway.turn_timeout);
         let mut outcome = run::run(
             &self.dispatcher,
             RunInput {
@@ -511,8 +519,10 @@ impl TurnRunner {
         session.version = response.session_version;
         session.last_turn_id = request.turn_id.to_string();
         session.updated_at = Some(now_timestamp());
-        let remember =
-            remember_input.then_some((request.text.as_str(), self.config.gateway.history_window));
+        let remember = remember_input.then_some((
+            request.text.as_str(),
+            self.config.now().gateway.history_window,
+        ));
         let first = self
             .store
             .finish_turn(
