@@ -25,18 +25,8 @@ impl LiveConfig {
     }
 
     /// Takes every new version from `changes` until shutdown.
-    pub async fn follow(self, mut changes: watch::Receiver<Arc<Config>>, shutdown: Shutdown) {
-        loop {
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        shutdown.wait().await;
-                        return;
-                    }
-                }
-                () = shutdown.wait() => return,
-            }
-            let config = changes.borrow_and_update().clone();
+    pub async fn follow(self, changes: watch::Receiver<Arc<Config>>, shutdown: Shutdown) {
+        tta_runtime::config_watch::apply_changes(changes, shutdown, |config| {
             tracing::info!(
                 max_input_chars = config.gateway.max_input_chars,
                 turn_timeout = ?config.gateway.turn_timeout,
@@ -44,6 +34,7 @@ impl LiveConfig {
                 "gateway settings updated"
             );
             self.0.store(config);
-        }
+        })
+        .await;
     }
 }

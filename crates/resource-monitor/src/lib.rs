@@ -80,30 +80,20 @@ pub async fn build_with_probe(
         .advertise(service_names::RESOURCE_MONITOR);
     let shutdown = context.shutdown.clone();
     let follower = monitor.clone();
-    let mut changes = context.config_changes.clone();
+    let changes = context.config_changes.clone();
     let follow_shutdown = context.shutdown.clone();
     Ok(ServiceParts::default()
         .with_grpc(grpc)
         .with_task("apply-config", async move {
-            loop {
-                tokio::select! {
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            // No more changes can come; nothing else to do until shutdown.
-                            follow_shutdown.wait().await;
-                            break;
-                        }
-                    }
-                    () = follow_shutdown.wait() => break,
-                }
-                let config = changes.borrow_and_update().clone();
+            tta_runtime::config_watch::apply_changes(changes, follow_shutdown, |config| {
                 tracing::info!(
                     cpu_warn = config.monitoring.cpu_warn,
                     mem_warn = config.monitoring.mem_warn,
                     "alert thresholds and resource limits updated"
                 );
                 follower.apply(config);
-            }
+            })
+            .await;
             Ok(())
         })
         .with_task("sample-host", async move {

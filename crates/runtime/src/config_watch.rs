@@ -68,6 +68,28 @@ pub async fn follow_file(
     }
 }
 
+/// Hands every new configuration from `changes` to `apply` until shutdown: the loop of each
+/// part that changes settings live.
+pub async fn apply_changes(
+    mut changes: watch::Receiver<Arc<Config>>,
+    shutdown: Shutdown,
+    mut apply: impl FnMut(Arc<Config>),
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    // No more changes can come; nothing else to do until shutdown.
+                    shutdown.wait().await;
+                    return;
+                }
+            }
+            () = shutdown.wait() => return,
+        }
+        apply(changes.borrow_and_update().clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use figment::providers::Env;

@@ -284,3 +284,16 @@ pub async fn session_version(
         .context("no session")?
         .version)
 }
+
+/// Runs the `tta` command line with `args` (without an inherited `TTA_CONFIG`) and returns its
+/// exit code and its standard output followed by its standard error.
+pub async fn tta(args: &[&str]) -> anyhow::Result<(i32, String)> {
+    let output = tokio::process::Command::new(tta_testkit::binary_path("tta")?)
+        .args(args)
+        .env_remove("TTA_CONFIG")
+        .output()
+        .await?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.code().unwrap_or(-1), text))
+}

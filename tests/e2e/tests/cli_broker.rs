@@ -5,19 +5,9 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, ensure};
 use tokio_stream::wrappers::ReceiverStream;
+use tta_e2e::tta;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
-use tta_testkit::{RedisServer, ServiceProcess, binary_path, free_port};
-
-async fn tta(args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let output = tokio::process::Command::new(binary_path("tta")?)
-        .args(args)
-        .env_remove("TTA_CONFIG")
-        .output()
-        .await?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Ok((output.status.code().unwrap_or(-1), text))
-}
+use tta_testkit::{RedisServer, ServiceProcess, free_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operators_list_replay_and_purge_dead_letters_from_the_cli() -> anyhow::Result<()> {

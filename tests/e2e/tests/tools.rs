@@ -4,18 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{Context, ensure};
-use tta_testkit::{RedisServer, ServiceProcess, binary_path, free_port, http_get, wait_until};
-
-async fn tta(args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let output = tokio::process::Command::new(binary_path("tta")?)
-        .args(args)
-        .env_remove("TTA_CONFIG")
-        .output()
-        .await?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Ok((output.status.code().unwrap_or(-1), text))
-}
+use tta_e2e::tta;
+use tta_testkit::{RedisServer, ServiceProcess, free_port, http_get, wait_until};
 
 fn addr() -> anyhow::Result<SocketAddr> {
     Ok(([127, 0, 0, 1], free_port()?).into())

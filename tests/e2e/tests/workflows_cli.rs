@@ -6,19 +6,8 @@
 use std::path::Path;
 
 use anyhow::{Context, ensure};
-use tta_e2e::Stack;
+use tta_e2e::{Stack, tta};
 use tta_testkit::{RedisServer, binary_path};
-
-async fn tta(args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let output = tokio::process::Command::new(binary_path("tta")?)
-        .args(args)
-        .env_remove("TTA_CONFIG")
-        .output()
-        .await?;
-    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stderr));
-    Ok((output.status.code().unwrap_or(-1), text))
-}
 
 /// Only stdout, for output that is read back as a file.
 async fn tta_stdout(args: &[&str]) -> anyhow::Result<String> {
