@@ -5,11 +5,9 @@ use std::{process::ExitCode, time::Duration};
 
 use tonic::transport::Channel;
 use tta_proto::v1::{self as pb, broker_client::BrokerClient};
-use tta_runtime::{
-    config::ConfigArgs,
-    grpc::connect_lazy,
-    service::{EXIT_CONFIG, EXIT_FAILURE},
-};
+use tta_runtime::{config::ConfigArgs, grpc::connect_lazy, service::EXIT_CONFIG};
+
+use crate::rpc_failure;
 
 #[derive(Debug, clap::Args)]
 pub struct BrokerTarget {
@@ -93,17 +91,6 @@ async fn client(
     }
 }
 
-/// Prints a failed call the way operators read it and picks the exit code: 2 for requests the
-/// broker rejected as invalid, 1 for everything else.
-fn failed(status: tonic::Status) -> ExitCode {
-    eprintln!("tta: {:?}: {}", status.code(), status.message());
-    if status.code() == tonic::Code::InvalidArgument {
-        ExitCode::from(EXIT_CONFIG)
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
-}
-
 fn millis(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp.map_or_else(
         || "-".to_owned(),
@@ -154,7 +141,7 @@ pub async fn run_dlq(config: ConfigArgs, target: BrokerTarget, command: DlqComma
                     }
                     ExitCode::SUCCESS
                 }
-                Err(status) => failed(status),
+                Err(status) => rpc_failure::report("", &status),
             }
         }
         DlqCommand::Show { topic, id } => match client
@@ -193,7 +180,7 @@ pub async fn run_dlq(config: ConfigArgs, target: BrokerTarget, command: DlqComma
                 }
                 ExitCode::SUCCESS
             }
-            Err(status) => failed(status),
+            Err(status) => rpc_failure::report("", &status),
         },
         DlqCommand::Replay {
             topic,
@@ -224,7 +211,7 @@ pub async fn run_dlq(config: ConfigArgs, target: BrokerTarget, command: DlqComma
                     }
                     ExitCode::SUCCESS
                 }
-                Err(status) => failed(status),
+                Err(status) => rpc_failure::report("", &status),
             }
         }
         DlqCommand::Purge {
@@ -254,7 +241,7 @@ pub async fn run_dlq(config: ConfigArgs, target: BrokerTarget, command: DlqComma
                     println!("purged {}", response.into_inner().purged);
                     ExitCode::SUCCESS
                 }
-                Err(status) => failed(status),
+                Err(status) => rpc_failure::report("", &status),
             }
         }
     }
@@ -295,7 +282,7 @@ pub async fn run_broker(
                 }
                 ExitCode::SUCCESS
             }
-            Err(status) => failed(status),
+            Err(status) => rpc_failure::report("", &status),
         },
         BrokerCommand::Recover { topic, min_idle } => {
             let request = pb::RecoverPendingRequest {
@@ -313,7 +300,7 @@ pub async fn run_broker(
                     }
                     ExitCode::SUCCESS
                 }
-                Err(status) => failed(status),
+                Err(status) => rpc_failure::report("", &status),
             }
         }
     }

@@ -8,6 +8,7 @@ mod broker_admin;
 mod health;
 mod play;
 mod play_ws;
+mod rpc_failure;
 mod safety;
 mod tools;
 mod workflows;

@@ -12,8 +12,10 @@ use tta_proto::v1::{self as pb, orchestrator_client::OrchestratorClient};
 use tta_runtime::{
     config::ConfigArgs,
     grpc::{connect_lazy, endpoint_url},
-    service::{EXIT_CONFIG, EXIT_FAILURE},
+    service::EXIT_CONFIG,
 };
+
+use crate::rpc_failure;
 
 #[derive(Debug, clap::Args)]
 pub struct GatewayTarget {
@@ -80,15 +82,6 @@ pub fn gateway_client(
         })
 }
 
-fn failed(status: &tonic::Status) -> ExitCode {
-    eprintln!("tta: {:?}: {}", status.code(), status.message());
-    if status.code() == tonic::Code::InvalidArgument {
-        ExitCode::from(EXIT_CONFIG)
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
-}
-
 fn print_reply(response: &pb::ProcessUserInputResponse, millis: f64) {
     println!("{}", response.text.trim());
     let mut notes = vec![format!("{millis:.1} ms")];
@@ -131,7 +124,7 @@ pub async fn turn(config: ConfigArgs, target: GatewayTarget, args: TurnArgs) -> 
             );
             ExitCode::SUCCESS
         }
-        Err(status) => failed(&status),
+        Err(status) => rpc_failure::report("", &status),
     }
 }
 

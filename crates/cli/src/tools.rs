@@ -5,11 +5,9 @@ use std::{process::ExitCode, time::Duration};
 
 use tonic::transport::Channel;
 use tta_proto::v1::{self as pb, tool_registry_client::ToolRegistryClient};
-use tta_runtime::{
-    config::ConfigArgs,
-    grpc::connect_lazy,
-    service::{EXIT_CONFIG, EXIT_FAILURE},
-};
+use tta_runtime::{config::ConfigArgs, grpc::connect_lazy, service::EXIT_CONFIG};
+
+use crate::rpc_failure;
 
 #[derive(Debug, clap::Args)]
 pub struct ToolsTarget {
@@ -88,16 +86,6 @@ async fn client(
             eprintln!("tta: {err}");
             ExitCode::from(EXIT_CONFIG)
         })
-}
-
-/// Prints a failed call and picks the exit code: 2 for requests refused as invalid, 1 otherwise.
-fn failed(status: tonic::Status) -> ExitCode {
-    eprintln!("tta: {:?}: {}", status.code(), status.message());
-    if status.code() == tonic::Code::InvalidArgument {
-        ExitCode::from(EXIT_CONFIG)
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
 }
 
 fn usage(message: &str) -> ExitCode {
@@ -198,7 +186,7 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
                 };
                 let page = match client.list_tools(request).await {
                     Ok(page) => page.into_inner(),
-                    Err(status) => return failed(status),
+                    Err(status) => return rpc_failure::report("", &status),
                 };
                 tools.extend(page.tools);
                 if page.next_page_token.is_empty() || tools.len() >= limit as usize {
@@ -237,7 +225,7 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
             };
             let spec = match client.get_tool(request).await {
                 Ok(response) => response.into_inner().spec.unwrap_or_default(),
-                Err(status) => return failed(status),
+                Err(status) => return rpc_failure::report("", &status),
             };
             let mut shown = spec_json(&spec);
             let stats = client
@@ -295,7 +283,7 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
                     }
                     ExitCode::SUCCESS
                 }
-                Err(status) => failed(status),
+                Err(status) => rpc_failure::report("", &status),
             }
         }
         ToolsCommand::Stats { name } => {
@@ -305,7 +293,7 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
             };
             let stats = match client.get_tool_stats(request).await {
                 Ok(response) => response.into_inner(),
-                Err(status) => return failed(status),
+                Err(status) => return rpc_failure::report("", &status),
             };
             let rows: Vec<_> = stats
                 .stats
@@ -384,7 +372,7 @@ pub async fn run(config: ConfigArgs, target: ToolsTarget, command: ToolsCommand)
                 );
                 ExitCode::SUCCESS
             }
-            Err(status) => failed(status),
+            Err(status) => rpc_failure::report("", &status),
         },
     }
 }

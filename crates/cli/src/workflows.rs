@@ -14,6 +14,8 @@ use tta_runtime::{
     service::{EXIT_CONFIG, EXIT_FAILURE},
 };
 
+use crate::rpc_failure;
+
 /// How long one call may take before the command gives up.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Workflows asked for per `ListWorkflows` page (the server's cap).
@@ -86,20 +88,6 @@ fn call<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// Prints a failed call and picks the exit code: 2 for requests refused as invalid, 1 otherwise.
-fn failed(context: &str, status: &tonic::Status) -> ExitCode {
-    eprintln!(
-        "tta workflows: {context}{:?}: {}",
-        status.code(),
-        status.message()
-    );
-    if status.code() == tonic::Code::InvalidArgument {
-        ExitCode::from(EXIT_CONFIG)
-    } else {
-        ExitCode::from(EXIT_FAILURE)
-    }
-}
-
 fn bad_input(message: &str) -> ExitCode {
     eprintln!("tta workflows: {message}");
     ExitCode::from(EXIT_CONFIG)
@@ -150,7 +138,7 @@ async fn list(config: &ConfigArgs, target: &WorkflowsTarget) -> ExitCode {
         };
         let page = match client.list_workflows(call(request)).await {
             Ok(page) => page.into_inner(),
-            Err(status) => return failed("", &status),
+            Err(status) => return rpc_failure::report("", &status),
         };
         workflows.extend(page.workflows);
         // A token that does not move on would loop forever.
@@ -234,7 +222,7 @@ async fn show(
         .await
     {
         Ok(response) => response.into_inner().definition.unwrap_or_default(),
-        Err(status) => return failed("", &status),
+        Err(status) => return rpc_failure::report("", &status),
     };
     if target.json {
         let shown = definition_to_yaml_value(&definition)
@@ -307,7 +295,7 @@ async fn register(
     if definitions.len() > 1 && !validate_only {
         for (i, definition) in definitions.iter().enumerate() {
             if let Err(status) = client.register_workflow(request(definition, true)).await {
-                return failed(&entry(i, definition), &status);
+                return rpc_failure::report(&entry(i, definition), &status);
             }
         }
     }
@@ -321,7 +309,7 @@ async fn register(
         {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                outcome = failed(&entry(i, definition), &status);
+                outcome = rpc_failure::report(&entry(i, definition), &status);
                 break;
             }
         };
