@@ -203,14 +203,7 @@ fn check_metadata(metadata: &HashMap<String, String>) -> Result<(), FieldViolati
 /// and none holds it. With no WBA up (or none telling), the session is created and its first
 /// turn finds out, rather than refusing a world that may well exist.
 fn world_is_served(world_id: &str, agents: &[pb::AgentInfo]) -> bool {
-    let mut told = agents
-        .iter()
-        .filter(|agent| {
-            agent
-                .id
-                .as_ref()
-                .is_some_and(|id| id.agent_type == AgentType::Wba.as_str())
-        })
+    let mut told = tta_runtime::agents::of_type(agents, AgentType::Wba.as_str())
         .filter_map(|wba| wba.labels.get(tta_runtime::agents::WORLDS_LABEL))
         .peekable();
     told.peek().is_none()
@@ -273,12 +266,9 @@ impl OrchestratorService {
             .iter()
             .enumerate()
             .filter(|(_, step)| {
-                !agents.iter().any(|agent| {
-                    agent
-                        .id
-                        .as_ref()
-                        .is_some_and(|id| id.agent_type == step.agent_type)
-                })
+                tta_runtime::agents::of_type(&agents, &step.agent_type)
+                    .next()
+                    .is_none()
             })
             .map(|(i, step)| {
                 format!(
@@ -362,8 +352,14 @@ impl Orchestrator for OrchestratorService {
         }
         let store = self.turns.store();
         // A repeat is answered with the stored session before the world is looked at: the
-        // session exists whatever the WBAs serve now.
-        let (session, created) = match store.load_session(session_id.as_str()).await? {
+        // session exists whatever the WBAs serve now. Without a world to check, creating first
+        // finds a repeat just as well, one read fewer.
+        let stored = if request.world_id.is_empty() {
+            None
+        } else {
+            store.load_session(session_id.as_str()).await?
+        };
+        let (session, created) = match stored {
             Some(existing) => (existing, false),
             None => {
                 if !request.world_id.is_empty()
@@ -387,7 +383,7 @@ impl Orchestrator for OrchestratorService {
                 if store.create_session(&session).await? {
                     (session, true)
                 } else {
-                    // Created by a concurrent request meanwhile.
+                    // A repeat, or created by a concurrent request meanwhile.
                     let existing =
                         store
                             .load_session(session_id.as_str())

@@ -65,10 +65,18 @@ struct HeldLock {
     released: AtomicBool,
 }
 
+/// The live settings a turn runs under, read once when it starts so that all its steps agree.
+#[derive(Debug, Clone, Copy)]
+struct TurnSettings {
+    turn_timeout: Duration,
+    history_window: usize,
+}
+
 /// A turn between taking its session lock and answering.
 #[derive(Clone, Copy)]
 struct Ongoing<'a> {
     request: &'a TurnRequest,
+    settings: TurnSettings,
     lock: &'a HeldLock,
     events: &'a EventSink,
     /// The step results the turn's response, once recorded, supersedes.
@@ -165,14 +173,21 @@ impl TurnRunner {
         events: &EventSink,
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let session_key = request.session_id.as_str();
-        let budget = self.config.now().gateway.turn_timeout;
+        let settings = {
+            let config = self.config.now();
+            TurnSettings {
+                turn_timeout: config.gateway.turn_timeout,
+                history_window: config.gateway.history_window,
+            }
+        };
+        let budget = settings.turn_timeout;
         let token = crate::store::LockToken {
             replica: self.instance.clone(),
             incarnation: self.incarnation.clone(),
             turn: request.turn_id.to_string(),
             attempt: self.attempts.fetch_add(1, Ordering::Relaxed),
         };
-        let window = self.config.now().gateway.history_window;
+        let window = settings.history_window;
         // When routing does not look at the session, the workflow is known before the session
         // is read, and a new turn claims it together with taking the lock.
         let routed = if request.workflow.is_empty() {
@@ -217,7 +232,8 @@ impl TurnRunner {
         };
         // Boxed: the locked part of a turn is the bulk of its state, and every layer above
         // (the gRPC handler, the streaming task) would otherwise copy it whole when it moves.
-        let outcome = Box::pin(self.run_locked(&request, loaded, claimed, &lock, events)).await;
+        let outcome =
+            Box::pin(self.run_locked(&request, settings, loaded, claimed, &lock, events)).await;
         if !lock.released.load(Ordering::Acquire)
             && let Err(err) = self.store.unlock(session_key, &lock.token).await
         {
@@ -231,6 +247,7 @@ impl TurnRunner {
     async fn run_locked(
         &self,
         request: &TurnRequest,
+        settings: TurnSettings,
         loaded: Option<TurnState>,
         claimed: Option<Arc<Workflow>>,
         lock: &HeldLock,
@@ -240,6 +257,7 @@ impl TurnRunner {
         let held = HeldResults::default();
         let ongoing = Ongoing {
             request,
+            settings,
             lock,
             events,
             held: &held,
@@ -251,11 +269,7 @@ impl TurnRunner {
             Some(state) => state,
             None => {
                 self.store
-                    .load_turn(
-                        session_key,
-                        turn_key,
-                        self.config.now().gateway.history_window,
-                    )
+                    .load_turn(session_key, turn_key, settings.history_window)
                     .await?
             }
         };
@@ -379,10 +393,7 @@ impl TurnRunner {
             .filter(|result| result.status == pb::AgentResultStatus::Succeeded as i32)
             .map(|result| (result.step_id.clone(), result))
             .collect();
-        let deadline = started
-            + workflow
-                .total_timeout
-                .min(self.config.now().gateway.turn_timeout);
+        let deadline = started + workflow.total_timeout.min(ongoing.settings.turn_timeout);
         let mut outcome = run::run(
             &self.dispatcher,
             RunInput {
@@ -504,6 +515,7 @@ impl TurnRunner {
     ) -> Result<pb::ProcessUserInputResponse, Error> {
         let Ongoing {
             request,
+            settings,
             lock,
             events,
             held,
@@ -519,10 +531,7 @@ impl TurnRunner {
         session.version = response.session_version;
         session.last_turn_id = request.turn_id.to_string();
         session.updated_at = Some(now_timestamp());
-        let remember = remember_input.then_some((
-            request.text.as_str(),
-            self.config.now().gateway.history_window,
-        ));
+        let remember = remember_input.then_some((request.text.as_str(), settings.history_window));
         let first = self
             .store
             .finish_turn(

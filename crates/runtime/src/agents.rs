@@ -4,7 +4,7 @@
 //! with their heartbeats, other agents through `tta.v1.AgentRegistry` on the gateway; both go
 //! through these functions, so the layout is defined once.
 
-use std::time::Duration;
+use std::{fmt::Write as _, time::Duration};
 
 use prost::Message;
 use redis::aio::ConnectionLike;
@@ -82,7 +82,7 @@ pub fn task_idempotency_key(task_id: &str, attempt: u32) -> String {
         }
     }));
     key.push('.');
-    key.push_str(&attempt.to_string());
+    let _ = write!(key, "{attempt}");
     key
 }
 
@@ -101,6 +101,18 @@ pub fn direct_topic(agent_type: &str, instance: &str) -> String {
         })
         .collect();
     format!("agent.{agent_type}.direct.{instance}")
+}
+
+/// The registered instances of `agent_type`.
+pub fn of_type<'a>(
+    agents: &'a [pb::AgentInfo],
+    agent_type: &'a str,
+) -> impl Iterator<Item = &'a pb::AgentInfo> + 'a {
+    agents.iter().filter(move |info| {
+        info.id
+            .as_ref()
+            .is_some_and(|id| id.agent_type == agent_type)
+    })
 }
 
 /// Live instances of `agent_type` that are ready and advertise every one of `capabilities`,

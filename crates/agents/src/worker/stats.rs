@@ -105,18 +105,16 @@ impl TaskStats {
     /// The figures as of `now`; tasks that finished more than [`WINDOW_AGE`] before it leave
     /// the window for good.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let mut window: Vec<(Duration, bool)> = {
+        let (mut durations, errors): (Vec<Duration>, usize) = {
             let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
             recent.retain(|task| now.saturating_duration_since(task.at) <= WINDOW_AGE);
-            recent
-                .iter()
-                .map(|task| (task.duration, task.error))
-                .collect()
+            (
+                recent.iter().map(|task| task.duration).collect(),
+                recent.iter().filter(|task| task.error).count(),
+            )
         };
         // Sorted outside the lock: handlers finishing meanwhile must not wait for it.
-        window.sort_unstable_by_key(|(duration, _)| *duration);
-        let durations: Vec<Duration> = window.iter().map(|(duration, _)| *duration).collect();
-        let errors = window.iter().filter(|(_, error)| *error).count();
+        durations.sort_unstable();
         let latency = |value: Option<Duration>| value.and_then(|d| d.try_into().ok());
         let stats = pb::AgentStats {
             tasks_succeeded: self.succeeded.load(Ordering::Relaxed),
