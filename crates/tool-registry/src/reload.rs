@@ -53,17 +53,23 @@ struct Inner {
     last: ArcSwap<LastReload>,
     /// Serialises reloads so two of them never interleave their validate-and-swap.
     reloading: Mutex<()>,
+    /// The hash of the file's content as last read (at start-up or by a reload): the watcher
+    /// compares the file with what was loaded, not with what it finds when it first looks, so a
+    /// change saved between the two is not missed.
+    read_hash: std::sync::Mutex<Option<[u8; 32]>>,
 }
 
 impl SharedPolicy {
     /// The configuration's policy, with the file laid over it when one is configured. A bad
     /// file at start-up is an error: the service must not start on a policy nobody wrote.
     pub fn load(base: Policy, file: Option<PathBuf>) -> Result<Self, String> {
+        let mut read_hash = None;
         let (policy, source) = match &file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|err| {
                     format!("tools.policy_file: cannot read {}: {err}", path.display())
                 })?;
+                read_hash = Some(hash(text.as_bytes()));
                 let policy = Policy::overlay(&base, &text).map_err(|problems| {
                     let listed: Vec<String> = problems.iter().map(Problem::to_string).collect();
                     format!(
@@ -96,6 +102,7 @@ impl SharedPolicy {
                 current: ArcSwap::from_pointee(applied),
                 last: ArcSwap::from_pointee(LastReload::default()),
                 reloading: Mutex::new(()),
+                read_hash: std::sync::Mutex::new(read_hash),
             }),
         })
     }
@@ -133,6 +140,12 @@ impl SharedPolicy {
                         reason: err.to_string(),
                     }
                 })?;
+                *self
+                    .inner
+                    .read_hash
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                    Some(hash(text.as_bytes()));
                 (text, path.display().to_string())
             }
             (None, None) => (String::new(), "config".to_owned()),
@@ -196,7 +209,11 @@ impl SharedPolicy {
             shutdown.wait().await;
             return Ok(());
         };
-        let mut seen = content_hash(&path).await;
+        let mut seen = *self
+            .inner
+            .read_hash
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         loop {
             tokio::select! {
                 () = shutdown.wait() => return Ok(()),
@@ -223,7 +240,11 @@ fn applied(policy: Policy, source: String) -> Applied {
     }
 }
 
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 async fn content_hash(path: &PathBuf) -> Option<[u8; 32]> {
     let bytes = tokio::fs::read(path).await.ok()?;
-    Some(Sha256::digest(&bytes).into())
+    Some(hash(&bytes))
 }
